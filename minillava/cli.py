@@ -1,0 +1,143 @@
+"""`minillava …` — a thin command-line layer over the package's functions (see DESIGN.md's contract)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from . import __version__
+from .data.records import DataError
+
+
+def _data_shapes(args: argparse.Namespace) -> None:
+    from .data.shapes import write_shapes_dataset
+
+    start = time.perf_counter()
+    counts = write_shapes_dataset(args.out, args.images, args.seed, size_px=args.size, max_objects=args.max_objects)
+    seconds = time.perf_counter() - start
+    total = sum(counts.values())
+    print(f"wrote {total} scenes to {args.out} ({', '.join(f'{k} {v}' for k, v in counts.items())}) "
+          f"in {seconds:.1f} s ({total / seconds:.0f} images/s)")
+
+
+def _data_coco(args: argparse.Namespace) -> None:
+    from .data.coco import prepare_coco
+
+    summary = prepare_coco(args.split, args.limit, args.out, seed=args.seed, base_url=args.base_url,
+                           cache_dir=args.cache_dir, skip_bad=args.skip_bad)
+    print(json.dumps(summary, indent=1))
+
+
+def _data_instruct(args: argparse.Namespace) -> None:
+    from .data.llava_json import RESPONSE_TYPES, write_llava_json, dataset_stats
+    from .data.records import load_split
+
+    types = tuple(t.strip() for t in args.types.split(","))
+    for t in types:
+        if t not in RESPONSE_TYPES:
+            raise DataError(f"--types: unknown response type {t!r}; expected some of {', '.join(RESPONSE_TYPES)}")
+    skipped: list[str] = []
+    records = load_split(args.coco, args.split, skip_bad=args.skip_bad, check_images=True, skipped=skipped)
+    for reason in skipped:
+        print(f"skipped: {reason}", file=sys.stderr)
+    start = time.perf_counter()
+    if args.teacher == "rule":
+        from .data.teachers import generate_rule_instructions
+
+        samples = generate_rule_instructions(records, types, seed=args.seed)
+        write_llava_json(args.out, samples)
+        report = {"done": len(samples)}
+    else:
+        from .data.chat_teacher import ChatClient, generate_chat_instructions, jsonl_to_llava_json
+
+        if not args.base_url or not args.model:
+            raise DataError("--teacher chat needs --base-url and --model (the key is read from --api-key-env)")
+        client = ChatClient(args.base_url, args.model, api_key_env=args.api_key_env)
+        jsonl = Path(str(args.out) + ".partial.jsonl")  # survives interruption; rerun to resume
+        report = generate_chat_instructions(records, jsonl, client=client, types=types)
+        samples = jsonl_to_llava_json(jsonl, args.out)
+    seconds = time.perf_counter() - start
+    stats = dataset_stats(samples if isinstance(samples, list) else [])
+    print(f"{args.teacher} teacher: {stats['samples']} samples from {len(records)} images in {seconds:.1f} s "
+          f"({stats['samples'] / max(seconds, 1e-9):.0f} samples/s); skipped {len(skipped)} bad records -> {args.out}")
+    print(json.dumps({"report": report, "stats": stats}, indent=1))
+
+
+def _data_stats(args: argparse.Namespace) -> None:
+    from .data.llava_json import dataset_stats, read_llava_json
+
+    print(json.dumps(dataset_stats(read_llava_json(args.file)), indent=1))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="minillava", description="An annotated, runnable LLaVA (Visual Instruction Tuning, NeurIPS 2023).",
+        epilog="example: minillava data shapes --out data/shapes --images 2000 --seed 0")
+    parser.add_argument("--version", action="version", version=f"minillava {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    data = commands.add_parser("data", help="make or inspect training data (§3)")
+    data_cmds = data.add_subparsers(dest="data_command", required=True)
+
+    p = data_cmds.add_parser("shapes", help="embedded scenes in COCO format",
+                             epilog="example: minillava data shapes --out data/shapes --images 2000 --seed 0")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--images", type=int, default=2000, help="total over train/val/test (80/10/10)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", type=int, default=96, help="image side in pixels (96 for CPU, 224/336 for CLIP)")
+    p.add_argument("--max-objects", type=int, default=4)
+    p.set_defaults(func=_data_shapes)
+
+    p = data_cmds.add_parser("coco", help="download COCO 2017 (resumable, verified) and take a subset",
+                             epilog="example: minillava data coco --split val2017 --limit 500 --out data/coco")
+    p.add_argument("--split", default="val2017", choices=["val2017", "train2017"])
+    p.add_argument("--limit", type=int, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--base-url", default=None, help="mirror of images.cocodataset.org (or $MINILLAVA_COCO_URL)")
+    p.add_argument("--cache-dir", type=Path, default=None, help="where zips are kept (or $MINILLAVA_CACHE)")
+    p.add_argument("--skip-bad", action="store_true", help="skip and count bad images instead of stopping")
+    p.set_defaults(func=_data_coco)
+
+    p = data_cmds.add_parser("instruct", help="§3 instruction data as LLaVA JSON",
+                             epilog="example: minillava data instruct --coco data/shapes --split train "
+                                    "--teacher rule --out data/instruct_train.json")
+    p.add_argument("--coco", type=Path, required=True, help="a COCO-format directory (shapes or coco subset)")
+    p.add_argument("--split", required=True)
+    p.add_argument("--teacher", choices=["rule", "chat"], default="rule")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--types", default="conv,detail,complex")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--skip-bad", action="store_true", help="skip and count bad records instead of stopping")
+    p.add_argument("--base-url", help="chat teacher: an OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1")
+    p.add_argument("--model", help="chat teacher: model name")
+    p.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the API key")
+    p.set_defaults(func=_data_instruct)
+
+    p = data_cmds.add_parser("stats", help="counts per type, turns and lengths of a LLaVA JSON file")
+    p.add_argument("file", type=Path)
+    p.set_defaults(func=_data_stats)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (DataError, ValueError) as e:
+        if os.environ.get("MINILLAVA_DEBUG"):
+            raise
+        print(f"minillava: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("minillava: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,232 @@
+"""§3 rule teacher: instruction data computed from the symbolic context alone, offline.
+
+The paper asks a text-only GPT to turn captions + boxes into three kinds of response. This teacher does the
+same job with rules, so the default pipeline needs no network and every answer is *provably* entailed by the
+context: object types and counts come from the boxes, positions from box centres on a 3×3 grid, colours and
+sizes from the instance attributes (the embedded scenes have them; real COCO does not, and then those
+questions are simply not asked).
+
+- ``conv``    multi-turn Q&A with definite answers (types, counts, colours, sizes, positions, relations)
+- ``detail``  one of the 16 detail prompts → a whole-scene description
+- ``complex`` a multi-step question (counting after a change, comparing groups) with its reasoning
+
+Every question is also a :class:`QA` carrying its ``kind`` and its short ``key`` answer, which is what the
+exact-match evaluation checks.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from dataclasses import dataclass
+
+from .llava_json import make_sample
+from .prompts import DETAIL_PROMPTS
+from .records import ImageRecord, ObjectRecord
+from .shapes import COLORS, POSITIONS, SHAPES
+from .words import a, join_words, number, plural
+
+def there_are(noun: str, n: int) -> str:
+    """'There is one circle.' / 'There are two circles.' / 'There are no circles.'"""
+    return f"There {'is' if n == 1 else 'are'} {number(n)} {plural(noun, n)}."
+
+
+@dataclass
+class QA:
+    """One question with its full answer, its kind and the short key answer that exact-match scoring checks."""
+
+    question: str
+    answer: str
+    kind: str  # color / shape / size / count / position / exists / relation / reasoning
+    key: str
+
+
+def position(obj: ObjectRecord, record: ImageRecord) -> str:
+    """Where the box centre falls on a 3×3 grid of the image: 'top left' ... 'bottom right'."""
+    x, y, w, h = obj.bbox
+    col = min(int(3 * (x + w / 2) / record.width), 2)
+    row = min(int(3 * (y + h / 2) / record.height), 2)
+    return POSITIONS[row * 3 + col]
+
+
+def describe(obj: ObjectRecord, with_size: bool = True) -> str:
+    """'large red circle' for an embedded shape, 'dog' for a COCO object without attributes."""
+    words = [obj.size if with_size else None, obj.color, obj.category]
+    return " ".join(w for w in words if w)
+
+
+def name(obj: ObjectRecord) -> str:
+    """The shortest name for an object: 'red circle' (or 'dog')."""
+    return describe(obj, with_size=False)
+
+
+def relation(a_obj: ObjectRecord, b_obj: ObjectRecord, record: ImageRecord) -> str:
+    """'above', 'below and to the left of', ... from the two box centres (by grid cell, so it is unambiguous)."""
+    ra, ca = divmod(POSITIONS.index(position(a_obj, record)), 3)
+    rb, cb = divmod(POSITIONS.index(position(b_obj, record)), 3)
+    vertical = "above" if ra < rb else "below" if ra > rb else ""
+    horizontal = "to the left of" if ca < cb else "to the right of" if ca > cb else ""
+    return f"{vertical} and {horizontal}" if vertical and horizontal else vertical or horizontal or "next to"
+
+
+def _unique(record: ImageRecord, key) -> list[ObjectRecord]:
+    counts = Counter(key(o) for o in record.objects)
+    return [o for o in record.objects if counts[key(o)] == 1]
+
+
+def scene_questions(record: ImageRecord, rng: random.Random) -> list[QA]:
+    """Every definite-answer question this teacher can ask about ``record``, in a shuffled order."""
+    qas: list[QA] = []
+    objs = record.objects
+    categories = Counter(o.category for o in objs)
+    has_attrs = bool(objs) and all(o.color for o in objs)
+    vocabulary = list(SHAPES) if has_attrs else sorted(categories)
+
+    # counts, of everything and of one category (possibly zero, which is still a definite answer)
+    qas.append(QA("How many objects are there in the image?" if not has_attrs else "How many shapes are there?",
+                  there_are("object" if not has_attrs else "shape", len(objs)), "count", number(len(objs))))
+    asked = rng.choice(vocabulary)
+    qas.append(QA(f"How many {plural(asked)} are there?", there_are(asked, categories[asked]), "count",
+                  number(categories[asked])))
+
+    # position of a uniquely named object, and the object at a position
+    for obj in _unique(record, name):
+        pos = position(obj, record)
+        qas.append(QA(f"Where is the {name(obj)}?", f"The {name(obj)} is at the {pos}.", "position", pos))
+    if has_attrs:
+        cells = {position(o, record): o for o in objs}
+        pos = rng.choice(POSITIONS)
+        if pos in cells:
+            obj = cells[pos]
+            qas.append(QA(f"What is at the {pos}?", f"There is {a(describe(obj))} at the {pos}.", "shape",
+                          obj.category))
+            qas.append(QA(f"What color is the shape at the {pos}?", f"The {obj.category} at the {pos} is {obj.color}.",
+                          "color", obj.color))
+        else:
+            qas.append(QA(f"What is at the {pos}?", f"There is nothing at the {pos}.", "shape", "nothing"))
+
+        for obj in _unique(record, lambda o: o.category):
+            qas.append(QA(f"What color is the {obj.category}?", f"The {obj.category} is {obj.color}.", "color",
+                          obj.color))
+        for obj in _unique(record, lambda o: o.color):
+            qas.append(QA(f"What shape is the {obj.color} object?", f"The {obj.color} object is {a(obj.category)}.",
+                          "shape", obj.category))
+        for obj in _unique(record, name):
+            qas.append(QA(f"Is the {name(obj)} large or small?", f"The {name(obj)} is {obj.size}.", "size",
+                          obj.size))
+
+        # existence: one present and one absent combination, so "yes" is not always right
+        present = rng.choice(objs)
+        qas.append(QA(f"Is there {a(name(present))} in the image?", f"Yes, there is {a(name(present))}.", "exists",
+                      "yes"))
+        absent = [f"{c} {s}" for c in COLORS for s in SHAPES if f"{c} {s}" not in {name(o) for o in objs}]
+        missing = rng.choice(absent)
+        qas.append(QA(f"Is there {a(missing)} in the image?", f"No, there is no {missing}.", "exists", "no"))
+    else:
+        for category in categories:
+            qas.append(QA(f"Is there {a(category)} in the image?",
+                          f"Yes, there {'is' if categories[category] == 1 else 'are'} "
+                          f"{number(categories[category])} {plural(category, categories[category])}.",
+                          "exists", "yes"))
+
+    # relative position of two uniquely named objects
+    unique = _unique(record, name)
+    if len(unique) >= 2:
+        first, second = rng.sample(unique, 2)
+        rel = relation(first, second, record)
+        qas.append(QA(f"Where is the {name(first)} relative to the {name(second)}?",
+                      f"The {name(first)} is {rel} the {name(second)}.", "relation", rel))
+    rng.shuffle(qas)
+    return qas
+
+
+def describe_scene(record: ImageRecord) -> str:
+    """The detailed description: what and where, row by row; captions stand in when there are no attributes."""
+    objs = record.objects
+    if not objs or not all(o.color for o in objs):
+        counts = Counter(o.category for o in objs)
+        text = record.captions[0].rstrip(".") + "."
+        if counts:
+            listed = join_words([f"{number(n)} {plural(c, n)}" for c, n in counts.items()])
+            text += f" In total I can see {listed}."
+            for category in counts:
+                places = sorted({position(o, record) for o in objs if o.category == category})
+                text += f" The {plural(category, counts[category])} {'is' if counts[category] == 1 else 'are'} " \
+                        f"at the {join_words(places)}."
+        return text
+    ordered = sorted(objs, key=lambda o: POSITIONS.index(position(o, record)))
+    n = len(objs)
+    text = f"The image shows {number(n)} {plural('shape', n)} on a light background."
+    for obj in ordered:
+        text += f" At the {position(obj, record)} there is {a(describe(obj))}."
+    colors = Counter(o.color for o in objs)
+    if n > 1:
+        text += f" The colors are {join_words(list(colors))}."
+    return text
+
+
+def reasoning_question(record: ImageRecord, rng: random.Random) -> QA:
+    """A question that needs counting after a hypothetical change, or comparing two groups."""
+    objs = record.objects
+    n = len(objs)
+    has_attrs = bool(objs) and all(o.color for o in objs)
+    listed = join_words([a(describe(o)) for o in objs]) if objs else "nothing"
+    options = ["remove", "add"] + (["compare", "repaint"] if has_attrs else [])
+    kind = rng.choice(options) if objs else "add"
+    if kind == "remove":
+        gone = rng.choice(objs)
+        left = n - 1
+        return QA(f"If the {name(gone)} were taken away, how many objects would be left?",
+                  f"The image has {number(n)} {plural('object', n)}: {listed}. Taking away the {name(gone)} "
+                  f"leaves {number(left)} {plural('object', left)}.", "reasoning", number(left))
+    if kind == "add":
+        category = rng.choice(list(SHAPES) if has_attrs or not objs else [o.category for o in objs])
+        k = sum(o.category == category for o in objs)
+        return QA(f"If one more {category} were added, how many {plural(category)} would there be?",
+                  f"Right now there {'is' if k == 1 else 'are'} {number(k)} {plural(category, k)}. "
+                  f"Adding one more makes {number(k + 1)} {plural(category, k + 1)}.", "reasoning", number(k + 1))
+    if kind == "compare":
+        c1 = rng.choice(sorted({o.color for o in objs}))
+        c2 = rng.choice([c for c in COLORS if c != c1])
+        if rng.random() < 0.5:  # the present colour comes first only half the time, so "yes" is not a cue
+            c1, c2 = c2, c1
+        k1, k2 = (sum(o.color == c for o in objs) for c in (c1, c2))
+        verdict = "Yes" if k1 > k2 else "No"
+        detail = "more" if k1 > k2 else "the same number of" if k1 == k2 else "fewer"
+        return QA(f"Are there more {c1} shapes than {c2} shapes?",
+                  f"{verdict}. There {'is' if k1 == 1 else 'are'} {number(k1)} {c1} {plural('shape', k1)} and "
+                  f"{number(k2)} {c2} {plural('shape', k2)}, so there are {detail} {c1} shapes.", "reasoning",
+                  verdict.lower())
+    # repaint: every object of one category turns one colour
+    category = rng.choice([o.category for o in objs])
+    color = rng.choice(list(COLORS))
+    total = sum(o.category == category or o.color == color for o in objs)
+    return QA(f"If every {category} were painted {color}, how many {color} shapes would there be?",
+              f"The {color} shapes would be the {plural(category)} plus the shapes that are already {color}. "
+              f"That makes {number(total)} {color} {plural('shape', total)}.", "reasoning", number(total))
+
+
+def rule_instructions(record: ImageRecord, response_type: str, rng: random.Random,
+                      max_turns: int = 4) -> list[tuple[str, str]]:
+    """(question, answer) turns of one sample of ``response_type`` for ``record``."""
+    if response_type == "conv":
+        qas = scene_questions(record, rng)
+        return [(q.question, q.answer) for q in qas[:rng.randint(min(2, len(qas)), min(max_turns, len(qas)))]]
+    if response_type == "detail":
+        return [(rng.choice(DETAIL_PROMPTS), describe_scene(record))]
+    if response_type == "complex":
+        qa = reasoning_question(record, rng)
+        return [(qa.question, qa.answer)]
+    raise ValueError(f"unknown response type {response_type!r}; expected conv, detail or complex")
+
+
+def generate_rule_instructions(records: list[ImageRecord], types=("conv", "detail", "complex"),
+                               seed: int = 0) -> list[dict]:
+    """LLaVA-format samples, one per (image, type); deterministic per seed and per image."""
+    samples = []
+    for record in records:
+        for response_type in types:
+            rng = random.Random(f"{seed}:{record.image_id}:{response_type}")
+            turns = rule_instructions(record, response_type, rng)
+            samples.append(make_sample(f"{record.image_id}_{response_type}", record.file_name, turns, response_type))
+    return samples

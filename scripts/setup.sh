@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Create .venv and install minillava with its test tools. Safe to run again: it does nothing when the
+# installed set matches pyproject.toml. A CPU build of torch is installed where no NVIDIA GPU is present
+# (an unpinned `torch` from PyPI is a multi-GB CUDA build).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+VPY=.venv/bin/python
+stamp=.venv/.minillava-installed
+want=$(cat pyproject.toml scripts/setup.sh | sha1sum | cut -d' ' -f1)
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then exit 0; fi
+
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+if ! "$VPY" -c "import torch" 2>/dev/null; then
+  if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+    "$VPY" -m pip install -q "torch>=2.2"                     # CUDA build from PyPI
+  elif "$VPY" -m pip install -q --no-deps --no-index "torch==2.13.0" 2>/dev/null; then
+    "$VPY" -m pip install -q "torch==2.13.0"                  # a local CPU wheel (find-links); now fetch its deps
+  else
+    "$VPY" -m pip install -q "torch>=2.2" --index-url https://download.pytorch.org/whl/cpu \
+      --extra-index-url https://pypi.org/simple               # CPU build from the PyTorch index
+  fi
+fi
+"$VPY" -m pip install -q -e ".[test]"
+echo "$want" > "$stamp"

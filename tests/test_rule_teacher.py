@@ -1,0 +1,128 @@
+"""The rule teacher's answers follow from the scene: checked against the generator's own ground truth."""
+
+import random
+import re
+
+import pytest
+
+from minillava.data.context import box_lines, normalised_box, symbolic_context
+from minillava.data.llava_json import read_llava_json, validate_sample, write_llava_json
+from minillava.data.records import ImageRecord, ObjectRecord
+from minillava.data.shapes import POSITIONS, generate_split
+from minillava.data.teachers import describe_scene, generate_rule_instructions, reasoning_question, scene_questions
+
+WORD_TO_N = {"no": 0, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5}
+
+
+@pytest.fixture(scope="module")
+def scenes():
+    return [(record, layout) for record, layout, _ in generate_split(150, "test", seed=11)]
+
+
+def test_every_conversation_answer_matches_ground_truth(scenes):
+    checked = 0
+    for record, layout in scenes:
+        for qa in scene_questions(record, random.Random(record.image_id)):
+            q = qa.question
+            if m := re.fullmatch(r"How many (\w+) are there\?", q):
+                noun = m.group(1)
+                truth = len(layout) if noun == "shapes" else sum(
+                    o.shape + ("es" if o.shape == "cross" else "s") == noun for o in layout)
+                assert WORD_TO_N[qa.key] == truth, (q, qa.answer)
+            elif m := re.fullmatch(r"Where is the (\w+) (\w+)\?", q):
+                (obj,) = [o for o in layout if (o.color, o.shape) == m.groups()]
+                assert qa.key == obj.position and obj.position in qa.answer
+            elif m := re.fullmatch(r"What is at the ([\w ]+)\?", q):
+                here = [o for o in layout if o.position == m.group(1)]
+                assert qa.key == (here[0].shape if here else "nothing")
+            elif m := re.fullmatch(r"What color is the shape at the ([\w ]+)\?", q):
+                (obj,) = [o for o in layout if o.position == m.group(1)]
+                assert qa.key == obj.color
+            elif m := re.fullmatch(r"What color is the (\w+)\?", q):
+                (obj,) = [o for o in layout if o.shape == m.group(1)]
+                assert qa.key == obj.color
+            elif m := re.fullmatch(r"What shape is the (\w+) object\?", q):
+                (obj,) = [o for o in layout if o.color == m.group(1)]
+                assert qa.key == obj.shape
+            elif m := re.fullmatch(r"Is the (\w+) (\w+) large or small\?", q):
+                (obj,) = [o for o in layout if (o.color, o.shape) == m.groups()]
+                assert qa.key == obj.size
+            elif m := re.fullmatch(r"Is there an? (\w+) (\w+) in the image\?", q):
+                present = any((o.color, o.shape) == m.groups() for o in layout)
+                assert qa.key == ("yes" if present else "no")
+            elif m := re.fullmatch(r"Where is the (\w+) (\w+) relative to the (\w+) (\w+)\?", q):
+                (first,) = [o for o in layout if (o.color, o.shape) == m.groups()[:2]]
+                (second,) = [o for o in layout if (o.color, o.shape) == m.groups()[2:]]
+                (r1, c1), (r2, c2) = divmod(first.cell, 3), divmod(second.cell, 3)
+                assert ("above" in qa.key) == (r1 < r2) and ("below" in qa.key) == (r1 > r2)
+                assert ("left" in qa.key) == (c1 < c2) and ("right" in qa.key) == (c1 > c2)
+            else:
+                pytest.fail(f"question not covered by this test: {q}")
+            assert qa.key in qa.answer.lower() or qa.kind == "count"
+            checked += 1
+    assert checked > 1000
+
+
+def test_reasoning_answers_match_ground_truth(scenes):
+    for record, layout in scenes:
+        qa = reasoning_question(record, random.Random(record.image_id))
+        q = qa.question
+        if m := re.fullmatch(r"If the (\w+) (\w+) were taken away, how many objects would be left\?", q):
+            assert WORD_TO_N[qa.key] == len(layout) - 1
+        elif m := re.fullmatch(r"If one more (\w+) were added, how many \w+ would there be\?", q):
+            assert WORD_TO_N[qa.key] == sum(o.shape == m.group(1) for o in layout) + 1
+        elif m := re.fullmatch(r"Are there more (\w+) shapes than (\w+) shapes\?", q):
+            k1, k2 = (sum(o.color == c for o in layout) for c in m.groups())
+            assert qa.key == ("yes" if k1 > k2 else "no")
+        elif m := re.fullmatch(r"If every (\w+) were painted (\w+), how many \w+ shapes would there be\?", q):
+            shape, color = m.groups()
+            assert WORD_TO_N[qa.key] == sum(o.shape == shape or o.color == color for o in layout)
+        else:
+            pytest.fail(f"question not covered by this test: {q}")
+
+
+def test_detail_mentions_every_object_at_its_position(scenes):
+    for record, layout in scenes:
+        text = describe_scene(record)
+        for o in layout:
+            assert f"At the {o.position} there is a" in text and f"{o.size} {o.color} {o.shape}." in text
+
+
+def test_llava_json_round_trip_and_types(scenes, tmp_path):
+    samples = generate_rule_instructions([r for r, _ in scenes[:20]], seed=0)
+    assert [s["type"] for s in samples[:3]] == ["conv", "detail", "complex"]
+    for i, s in enumerate(samples):
+        validate_sample(s, f"record {i}")
+        assert s["conversations"][0]["value"].startswith("<image>\n")
+    path = write_llava_json(tmp_path / "x.json", samples)
+    assert read_llava_json(path) == samples
+    assert generate_rule_instructions([r for r, _ in scenes[:20]], seed=0) == samples  # deterministic
+
+
+def test_symbolic_context_has_captions_and_normalised_boxes(scenes):
+    record, layout = scenes[0]
+    text = symbolic_context(record)
+    assert text.startswith(record.captions[0]) and text.count("\n") >= 5
+    for line in box_lines(record):
+        assert re.fullmatch(r"\w+: \[(0|1)\.\d{3}, (0|1)\.\d{3}, (0|1)\.\d{3}, (0|1)\.\d{3}\]", line)
+    assert normalised_box((10, 20, 30, 40), 100, 200) == [0.1, 0.1, 0.4, 0.3]
+    assert "[" not in symbolic_context(record, with_boxes=False)
+
+
+def test_real_coco_records_degrade_to_counts_and_positions():
+    """COCO has no colour attributes: no colour questions, but counts, positions and existence from boxes."""
+    record = ImageRecord(7, "x.jpg", 640, 480, ["A dog lying on a couch next to a person."],
+                         [ObjectRecord("dog", (40, 300, 120, 80)), ObjectRecord("couch", (0, 250, 640, 230)),
+                          ObjectRecord("person", (500, 50, 100, 300)), ObjectRecord("person", (420, 60, 60, 200))])
+    qas = scene_questions(record, random.Random(0))
+    kinds = {qa.kind for qa in qas}
+    assert "color" not in kinds and {"count", "position", "exists"} <= kinds
+    by_q = {qa.question: qa for qa in qas}
+    assert by_q["How many objects are there in the image?"].key == "four"
+    assert by_q["Where is the dog?"].key == "bottom left"
+    assert "two people" in by_q["Is there a person in the image?"].answer
+    detail = describe_scene(record)
+    assert detail.startswith("A dog lying on a couch") and "two people" in detail
+    samples = generate_rule_instructions([record])
+    for i, s in enumerate(samples):
+        validate_sample(s, f"record {i}")
