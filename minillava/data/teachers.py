@@ -230,3 +230,37 @@ def generate_rule_instructions(records: list[ImageRecord], types=("conv", "detai
             turns = rule_instructions(record, response_type, rng)
             samples.append(make_sample(f"{record.image_id}_{response_type}", record.file_name, turns, response_type))
     return samples
+
+
+_CANDIDATES = {
+    "color": set(COLORS), "shape": set(SHAPES) | {"nothing"}, "size": {"large", "small"},
+    "count": {"no", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"},
+    "position": set(POSITIONS), "exists": {"yes", "no"}, "reasoning": None,
+    "relation": {"above", "below", "to the left of", "to the right of"},
+}
+
+
+def answer_is_correct(qa: QA, text: str) -> bool:
+    """Exact-match scoring: the answer names the key and no other candidate of the same kind.
+
+    "The circle is red." is right for key "red"; "It is red or blue." is wrong. Positions match as whole
+    phrases ("top left" does not also count as "left"); relations must name exactly the key's directions.
+    """
+    words = " " + " ".join(text.lower().replace(".", " ").replace(",", " ").replace("?", " ").split()) + " "
+    if qa.kind == "position":
+        found = {p for p in POSITIONS if f" {p} " in words}
+        return found == {qa.key}
+    if qa.kind == "relation":
+        found = {r for r in _CANDIDATES["relation"] if f" {r} " in words}
+        return found == {r for r in _CANDIDATES["relation"] if r in qa.key}
+    candidates = _CANDIDATES.get(qa.kind)
+    if candidates is None:  # reasoning: a yes/no verdict comes first, a number comes last (after the steps)
+        tokens = words.split()
+        if qa.key in ("yes", "no"):
+            return bool(tokens) and tokens[0] == qa.key
+        numbers = [t for t in tokens if t in _CANDIDATES["count"]]
+        return bool(numbers) and numbers[-1] == qa.key
+    found = {c for c in candidates if f" {c} " in words}
+    if qa.kind == "count" and qa.key == "no":
+        return found <= {"no"} and "no" in found
+    return found == {qa.key}

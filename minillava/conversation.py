@@ -1,0 +1,149 @@
+"""§4.2 conversation templates and the loss mask.
+
+The paper trains on p(X_a | X_v, X_instruct) = ∏_i p(x_i | X_v, X_instruct,<i, X_a,<i)  (§4.2, eq. 3):
+only the assistant's answers (and the stop token after each) carry loss. Everything else — the system
+message, the questions, the image positions — is labelled -100, which torch's cross-entropy ignores.
+
+Templates (PAPER.md):
+- ``plain``     (stage 1): ``<image>`` then the caption then a newline; the question text is dropped.
+- ``vicuna_v1`` (stage 2, LLaVA-1.5): ``{system} USER: <image>\\n{q1} ASSISTANT: {a1}</s>USER: {q2} ...``
+- ``v0``        (original LLaVA): ``{system}\\n### Human: {q1}\\n### Assistant: {a1}\\n### Human: ...``
+
+We tokenise piece by piece (so we know which tokens are answers) and then check that the pieces add up to the
+tokenisation of the whole text. The authors' code, on a mismatch, silently sets every label of the sample to
+-100 and the loss quietly goes to 0; here a mismatch raises :class:`TokenizationMismatch` naming the sample.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+
+IGNORE_INDEX = -100
+IMAGE_TOKEN = "<image>"
+VICUNA_SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. The assistant gives "
+                 "helpful, detailed, and polite answers to the user's questions.")
+
+
+class TokenizationMismatch(ValueError):
+    """The per-turn pieces do not tokenise to the same ids as the whole conversation."""
+
+
+@dataclass(frozen=True)
+class Template:
+    """How turns are joined. Each turn renders as ``user_prefix + q + assistant_prefix`` then ``a + turn_end``."""
+
+    name: str
+    system: str
+    user_prefix: str
+    assistant_prefix: str
+    turn_end: str  # closes every answer and carries loss: the model must learn when to stop
+    keep_question: bool = True
+
+
+TEMPLATES = {
+    "plain": Template("plain", "", "", "", "\n", keep_question=False),
+    "vicuna_v1": Template("vicuna_v1", VICUNA_SYSTEM + " ", "USER: ", " ASSISTANT:", "</s>"),
+    "v0": Template("v0", VICUNA_SYSTEM + "\n", "### Human: ", "\n### Assistant:", "\n"),
+}
+
+
+def get_template(name: str) -> Template:
+    if name not in TEMPLATES:
+        raise ValueError(f"unknown template {name!r}; expected one of {', '.join(TEMPLATES)}")
+    return TEMPLATES[name]
+
+
+def for_tokenizer(template: Template, tokenizer) -> Template:
+    """Vicuna's stop token is ``</s>``; other LMs stop on their own EOS (SmolLM2 ``<|im_end|>``, Qwen ...)."""
+    eos = tokenizer.eos_token or "</s>"
+    return replace(template, turn_end=template.turn_end.replace("</s>", eos))
+
+
+def conversation_pieces(conversations: list[dict], template: Template) -> list[tuple[str, bool]]:
+    """Render LLaVA turns as (text, carries_loss) pieces whose concatenation is the full prompt text."""
+    pieces: list[tuple[str, bool]] = []
+    prefix = template.system
+    for i in range(0, len(conversations), 2):
+        question, answer = conversations[i]["value"], conversations[i + 1]["value"]
+        if not template.keep_question:  # plain: only the image placeholder survives from the human turn
+            question = IMAGE_TOKEN if IMAGE_TOKEN in question else ""
+        pieces.append((prefix + template.user_prefix + question + template.assistant_prefix, False))
+        # answers start with a space after "ASSISTANT:" so the tokenizer sees a word boundary
+        space = " " if template.assistant_prefix else ""
+        pieces.append((space + answer.strip() + template.turn_end, True))
+        prefix = ""
+    return pieces
+
+
+def tokenize_conversation(sample: dict, tokenizer, template: Template, *, image_tokens: int,
+                          max_length: int | None = None) -> dict:
+    """One LLaVA-format sample → ``input_ids`` and ``labels`` (answers only), image placeholder expanded.
+
+    The single ``<image>`` token is repeated ``image_tokens`` times (N = number of projected patches), so the
+    model can splice H_v into those positions with one masked assignment. Returns also ``truncated`` (bool).
+    """
+    pieces = conversation_pieces(sample["conversations"], for_tokenizer(template, tokenizer))
+    ids: list[int] = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    labels: list[int] = [IGNORE_INDEX] * len(ids)
+    for text, carries_loss in pieces:
+        piece_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        ids += piece_ids
+        labels += piece_ids if carries_loss else [IGNORE_INDEX] * len(piece_ids)
+
+    whole = tokenizer("".join(t for t, _ in pieces), add_special_tokens=False)["input_ids"]
+    start = 1 if tokenizer.bos_token_id is not None else 0
+    if ids[start:] != whole:
+        at = next((i for i, (a, b) in enumerate(zip(ids[start:], whole)) if a != b), min(len(whole), len(ids) - start))
+        raise TokenizationMismatch(
+            f"sample {sample.get('id')!r}: per-turn tokenisation differs from the whole conversation at token {at} "
+            f"({tokenizer.decode(ids[start + at:start + at + 5])!r} vs {tokenizer.decode(whole[at:at + 5])!r}); "
+            f"the loss mask would be misaligned")
+    if not any(label != IGNORE_INDEX for label in labels):
+        raise TokenizationMismatch(f"sample {sample.get('id')!r}: no token carries loss (empty answers?)")
+
+    image_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+    expanded_ids, expanded_labels = [], []
+    for token, label in zip(ids, labels):
+        n = image_tokens if token == image_id else 1
+        expanded_ids += [token] * n
+        expanded_labels += [label] * n
+    truncated = max_length is not None and len(expanded_ids) > max_length
+    if truncated:
+        expanded_ids, expanded_labels = expanded_ids[:max_length], expanded_labels[:max_length]
+    return {"input_ids": torch.tensor(expanded_ids), "labels": torch.tensor(expanded_labels), "truncated": truncated}
+
+
+def prompt_ids(question: str, tokenizer, template: Template, *, image_tokens: int,
+               history: list[tuple[str, str]] = ()) -> torch.Tensor:
+    """Token ids of a prompt ending at the assistant prefix, ready for generation (image placeholder expanded)."""
+    turns = [{"from": "human", "value": q} if j == 0 else {"from": "gpt", "value": a}
+             for q, a in history for j in (0, 1)]
+    turns += [{"from": "human", "value": question}, {"from": "gpt", "value": ""}]
+    pieces = conversation_pieces(turns, for_tokenizer(template, tokenizer))[:-1]
+    text = "".join(t for t, _ in pieces)
+    ids = ([tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []) + \
+        tokenizer(text, add_special_tokens=False)["input_ids"]
+    image_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+    out = [t for token in ids for t in ([token] * (image_tokens if token == image_id else 1))]
+    return torch.tensor(out)
+
+
+def render_loss_mask(input_ids: torch.Tensor, labels: torch.Tensor, tokenizer, width: int = 100) -> str:
+    """Text view of which tokens carry loss: ``[answer tokens]`` in brackets, image runs collapsed."""
+    image_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+    out, run = [], 0
+    for token, label in zip(input_ids.tolist(), labels.tolist()):
+        if token == image_id:
+            run += 1
+            continue
+        if run:
+            out.append(f"<image×{run}>")
+            run = 0
+        piece = tokenizer.decode([token])
+        out.append(f"[{piece}]" if label != IGNORE_INDEX else piece)
+    if run:
+        out.append(f"<image×{run}>")
+    text = "".join(out)
+    return "\n".join(text[i:i + width] for i in range(0, len(text), width))

@@ -1,0 +1,118 @@
+"""§4.1 LLaVA: vision encoder g, projection W, language model f_φ — and the splice that joins them.
+
+    Z_v = g(X_v)           (B, N, Dv)   frozen CLIP patch features, penultimate layer, no CLS
+    H_v = W · Z_v          (B, N, D)    projected into the LM's word-embedding space  (eq. 1)
+    X = [H_q ; H_v ; ...]  (B, T, D)    image tokens spliced where ``<image>`` stood in the instruction
+
+The tokenised prompt already holds N copies of the ``<image>`` id (``conversation.tokenize_conversation``), so
+the splice is a single masked assignment into the word embeddings; those positions are labelled -100.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ..conversation import IMAGE_TOKEN
+from .projector import build_projector
+from .vision import encode_images
+
+
+class MiniLlava(nn.Module):
+    """g (frozen CLIP vision tower) → W (projector) → f_φ (any transformers causal LM)."""
+
+    def __init__(self, vision: nn.Module, lm: nn.Module, tokenizer, projector: str = "mlp2x_gelu",
+                 select_layer: int = -2, keep_cls: bool = False):
+        super().__init__()
+        self.vision, self.lm, self.tokenizer = vision, lm, tokenizer
+        self.select_layer, self.keep_cls, self.projector_type = select_layer, keep_cls, projector
+        self.projector = build_projector(projector, vision.config.hidden_size, lm.config.hidden_size)
+        self.image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+        grid = vision.config.image_size // vision.config.patch_size
+        self.num_image_tokens = grid * grid + (1 if keep_cls else 0)  # N
+
+    # --- §4.1 -----------------------------------------------------------------------------------------------
+    def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Z_v = g(X_v): (B, 3, H, W) → (B, N, Dv). No gradient: the encoder is always frozen."""
+        return encode_images(self.vision, pixel_values, self.select_layer, self.keep_cls)
+
+    def project(self, image_features: torch.Tensor) -> torch.Tensor:
+        """H_v = W · Z_v: (B, N, Dv) → (B, N, D)."""
+        return self.projector(image_features.to(self.projector_dtype))
+
+    @property
+    def projector_dtype(self) -> torch.dtype:
+        return next(self.projector.parameters()).dtype
+
+    def embed(self, input_ids: torch.Tensor, image_features: torch.Tensor | None) -> torch.Tensor:
+        """Word embeddings (B, T, D) with H_v written over the N ``<image>`` positions of each row."""
+        is_image = input_ids == self.image_token_id  # (B, T)
+        # the <image> id has an embedding row too; look it up, then overwrite those rows
+        embeds = self.lm.get_input_embeddings()(input_ids)
+        if image_features is None:
+            if is_image.any():
+                raise ValueError("the prompt has <image> tokens but no image was given")
+            return embeds
+        projected = self.project(image_features)  # (B_img, N, D)
+        if int(is_image.sum()) != projected.shape[0] * projected.shape[1]:
+            raise ValueError(f"{int(is_image.sum())} <image> positions in the batch but {projected.shape[0]} images "
+                             f"× {projected.shape[1]} tokens; expected N = {self.num_image_tokens} per image")
+        embeds = embeds.masked_scatter(is_image.unsqueeze(-1), projected.to(embeds.dtype))
+        return embeds
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None, pixel_values: torch.Tensor | None = None,
+                image_features: torch.Tensor | None = None, **lm_kwargs):
+        """Loss of eq. 3 (answers only, via ``labels``) and logits. Give pixels, or cached Z_v features."""
+        if image_features is None and pixel_values is not None:
+            image_features = self.image_features(pixel_values)
+        embeds = self.embed(input_ids, image_features)
+        return self.lm(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels, **lm_kwargs)
+
+    @torch.no_grad()
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                 pixel_values: torch.Tensor | None = None, image_features: torch.Tensor | None = None,
+                 max_new_tokens: int = 64, do_sample: bool = False, temperature: float = 1.0,
+                 top_p: float = 1.0) -> torch.Tensor:
+        """New token ids (B, ≤ max_new_tokens); prompts are left-padded. KV cache and sampling from transformers."""
+        if image_features is None and pixel_values is not None:
+            image_features = self.image_features(pixel_values)
+        embeds = self.embed(input_ids, image_features)
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        kwargs = dict(do_sample=do_sample, temperature=temperature, top_p=top_p) if do_sample else dict(do_sample=False)
+        return self.lm.generate(inputs_embeds=embeds, attention_mask=attention_mask, max_new_tokens=max_new_tokens,
+                                eos_token_id=self.tokenizer.eos_token_id, pad_token_id=self.tokenizer.pad_token_id,
+                                **kwargs)
+
+    # --- checkpoints: the trainable parts as safetensors, the recipe as JSON --------------------------------
+    def trainable_state(self, include_lm: bool = True) -> dict[str, torch.Tensor]:
+        state = {f"projector.{k}": v for k, v in self.projector.state_dict().items()}
+        if include_lm:
+            state.update({f"lm.{k}": v for k, v in self.lm.state_dict().items()})
+        return state
+
+    def load_trainable_state(self, state: dict[str, torch.Tensor]) -> None:
+        proj = {k[len("projector."):]: v for k, v in state.items() if k.startswith("projector.")}
+        lm = {k[len("lm."):]: v for k, v in state.items() if k.startswith("lm.")}
+        self.projector.load_state_dict(proj)
+        if lm:
+            missing, unexpected = self.lm.load_state_dict(lm, strict=False)
+            real_missing = [k for k in missing if "lm_head" not in k or not self.lm.config.tie_word_embeddings]
+            if real_missing or unexpected:
+                raise ValueError(f"LM weights do not match the model: missing {real_missing[:3]}, "
+                                 f"unexpected {unexpected[:3]}")
+
+
+def save_weights(path: str | Path, state: dict[str, torch.Tensor], meta: dict | None = None) -> None:
+    """safetensors with string metadata; contiguous clones so shared storage (tied weights) is allowed."""
+    save_file({k: v.detach().contiguous().clone() for k, v in state.items()}, str(path),
+              metadata={k: json.dumps(v) for k, v in (meta or {}).items()})
+
+
+def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    return load_file(str(path))

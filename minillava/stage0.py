@@ -1,0 +1,333 @@
+"""Stage 0 (tiny preset only): make the "released checkpoints" that LLaVA takes for granted.
+
+LLaVA starts from CLIP ViT-L/14 (contrastive pretraining on 400M image–text pairs) and Vicuna (an instruction-
+tuned LLaMA). Offline on a CPU we have neither, so this recipe trains stand-ins on the embedded scenes:
+
+1. a byte-level BPE tokenizer on the scenes' captions and instruction text;
+2. a tiny CLIP (vision + text towers, symmetric contrastive loss), with *hard negatives*: every scene in a batch
+   comes with a twin that differs in one object's shape, colour, size or cell, so colour alone cannot tell the
+   pairs apart and the patch features must carry shape and position too;
+3. a tiny chat LM trained on text only, in the stage-2 template, to answer questions about a scene *described in
+   words* — the skill LLaVA inherits from Vicuna and transfers to image tokens in stage 2.
+
+Checks (``recipe.json``): linear probes on the frozen patch features (colour / shape / size / occupancy per
+cell) and the LM's text-only exact-match accuracy against the majority answer. The result is shipped in
+``minillava/assets/tiny`` and is what ``minillava quickstart`` starts from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import random
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+from transformers import CLIPConfig, CLIPModel, LlamaForCausalLM
+
+from .conversation import get_template, tokenize_conversation
+from .data.prompts import BRIEF_PROMPTS, DETAIL_PROMPTS
+from .data.shapes import COLORS, GRID, SHAPES, SIZES, Shape, generate_split, object_box, render_scene
+from .data.teachers import (answer_is_correct, describe_scene, reasoning_question, scene_questions)
+from .data.llava_json import make_sample
+from .model.backbones import image_processor_class, tiny_lm_config, tiny_vision_config, train_tiny_tokenizer
+
+CLIP_MEAN, CLIP_STD = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]
+
+
+@dataclass
+class Stage0Config:
+    seed: int = 0
+    image_size: int = 96
+    scenes: int = 8000          # base scenes (train bucket only: held-out layouts are never seen)
+    vocab_size: int = 600
+    clip_steps: int = 800
+    clip_batch: int = 128       # base scenes per batch; each brings a hard-negative twin (256 images)
+    clip_lr: float = 1e-3
+    lm_steps: int = 2500
+    lm_batch: int = 24
+    lm_lr: float = 2e-3
+    max_length: int = 256
+
+    def hash(self) -> str:
+        """Identifies the recipe: the shipped weights record it, and a test compares it with the code's."""
+        return hashlib.sha1(json.dumps(dataclasses.asdict(self), sort_keys=True).encode()).hexdigest()[:12]
+
+
+# --- scenes as tensors ----------------------------------------------------------------------------------------
+
+def to_pixels(images: list, mean=CLIP_MEAN, std=CLIP_STD) -> torch.Tensor:
+    """PIL images (already at model size) → normalised (B, 3, H, W), as CLIPImageProcessor does."""
+    x = torch.from_numpy(np.stack([np.asarray(im, dtype=np.float32) for im in images])).permute(0, 3, 1, 2) / 255
+    return (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+
+
+def twin(layout: list[Shape], rng: random.Random) -> list[Shape]:
+    """The same scene with one attribute of one object changed: a hard negative for the contrastive loss."""
+    i = rng.randrange(len(layout))
+    obj = layout[i]
+    what = rng.choice(["shape", "color", "size", "cell"])
+    if what == "shape":
+        obj = dataclasses.replace(obj, shape=rng.choice([s for s in SHAPES if s != obj.shape]))
+    elif what == "color":
+        obj = dataclasses.replace(obj, color=rng.choice([c for c in COLORS if c != obj.color]))
+    elif what == "size":
+        obj = dataclasses.replace(obj, size=[s for s in SIZES if s != obj.size][0])
+    else:
+        free = [c for c in range(GRID * GRID) if c not in {o.cell for o in layout}]
+        obj = dataclasses.replace(obj, cell=rng.choice(free)) if free else \
+            dataclasses.replace(obj, shape=rng.choice([s for s in SHAPES if s != obj.shape]))
+    return sorted(layout[:i] + [obj] + layout[i + 1:], key=lambda o: o.cell)
+
+
+def placed_caption(layout: list[Shape]) -> str:
+    from .data.words import join_words
+    text = join_words([f"{o.phrase()} at the {o.position}" for o in layout])
+    return text[0].upper() + text[1:] + "."
+
+
+def clip_pairs(scenes, size: int, rng: random.Random):
+    """(pixels, captions) for base scenes and their twins, interleaved: 2·len(scenes) pairs."""
+    images, captions = [], []
+    for record, layout, image in scenes:
+        other = twin(layout, rng)
+        boxes = [object_box(o, size, (rng.uniform(-1, 1), rng.uniform(-1, 1))) for o in other]
+        images += [image, render_scene(other, boxes, size, rng.randint(225, 250))]
+        captions += [rng.choice(record.captions[:2]) if rng.random() < 0.5 else rng.choice(record.captions),
+                     placed_caption(other)]
+    return to_pixels(images), captions
+
+
+# --- 1. tokenizer -----------------------------------------------------------------------------------------------
+
+def corpus(scenes) -> list[str]:
+    from .conversation import VICUNA_SYSTEM
+    texts = [VICUNA_SYSTEM, *BRIEF_PROMPTS, *DETAIL_PROMPTS, "Scene:", "USER: ASSISTANT:"]
+    for record, _, _ in scenes:
+        texts += record.captions + [describe_scene(record)]
+        rng = random.Random(record.image_id)
+        texts += [f"{qa.question} {qa.answer}" for qa in scene_questions(record, rng)]
+        qa = reasoning_question(record, rng)
+        texts.append(f"{qa.question} {qa.answer}")
+    return texts
+
+
+# --- 2. tiny CLIP -----------------------------------------------------------------------------------------------
+
+def train_clip(cfg: Stage0Config, scenes, tokenizer, log=print) -> CLIPModel:
+    torch.manual_seed(cfg.seed)
+    vision_cfg = tiny_vision_config(cfg.image_size)
+    config = CLIPConfig(text_config=dict(vocab_size=len(tokenizer), hidden_size=128, intermediate_size=512,
+                                         num_hidden_layers=3, num_attention_heads=4, max_position_embeddings=96,
+                                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                                         bos_token_id=tokenizer.bos_token_id),
+                        vision_config=vision_cfg.to_dict(), projection_dim=128)
+    clip = CLIPModel(config)
+    opt = torch.optim.AdamW(clip.parameters(), lr=cfg.clip_lr, weight_decay=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1, (s + 1) / 100) * 0.5 * (1 + math.cos(math.pi * s / cfg.clip_steps)))
+    rng = random.Random(cfg.seed)
+    bar = tqdm(range(cfg.clip_steps), desc="stage 0a: tiny CLIP")
+    for step in bar:
+        batch = rng.sample(scenes, cfg.clip_batch)
+        pixels, captions = clip_pairs(batch, cfg.image_size, rng)
+        # CLIP's text tower pools at the EOS token, so every caption ends with one
+        text = tokenizer([c + tokenizer.eos_token for c in captions], padding=True, return_tensors="pt",
+                         add_special_tokens=False)
+        out = clip(input_ids=text.input_ids, attention_mask=text.attention_mask, pixel_values=pixels, return_loss=True)
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(clip.parameters(), 1.0)
+        opt.step(), sched.step(), opt.zero_grad(set_to_none=True)
+        bar.set_postfix(loss=f"{out.loss.item():.3f}")
+        if step % 100 == 0:
+            log(json.dumps({"stage": "0a", "step": step, "loss": round(out.loss.item(), 4)}))
+    return clip
+
+
+@torch.no_grad()
+def probe_features(vision, scenes_train, scenes_test, image_size: int, select_layer: int = -2) -> dict[str, float]:
+    """Linear probes on frozen per-patch features: can a linear map read each cell's contents?"""
+    from .model.vision import encode_images
+
+    def features(scenes):
+        feats = torch.cat([encode_images(vision, to_pixels([s[2] for s in scenes[i:i + 256]]), select_layer)
+                           for i in range(0, len(scenes), 256)])  # (B, 9, D)
+        labels = {k: torch.full((len(scenes), GRID * GRID), -1, dtype=torch.long) for k in
+                  ("occupied", "color", "shape", "size")}
+        for b, (_, layout, _) in enumerate(scenes):
+            labels["occupied"][b] = 0
+            for o in layout:
+                labels["occupied"][b, o.cell] = 1
+                labels["color"][b, o.cell] = list(COLORS).index(o.color)
+                labels["shape"][b, o.cell] = SHAPES.index(o.shape)
+                labels["size"][b, o.cell] = list(SIZES).index(o.size)
+        return feats.reshape(-1, feats.shape[-1]), {k: v.reshape(-1) for k, v in labels.items()}
+
+    x_tr, y_tr = features(scenes_train)
+    x_te, y_te = features(scenes_test)
+    mu, sd = x_tr.mean(0), x_tr.std(0) + 1e-6
+    x_tr, x_te = (x_tr - mu) / sd, (x_te - mu) / sd
+    result = {}
+    for task in y_tr:
+        keep_tr, keep_te = y_tr[task] >= 0, y_te[task] >= 0
+        n_cls = int(y_tr[task][keep_tr].max()) + 1
+        with torch.enable_grad():
+            w = torch.zeros(x_tr.shape[1], n_cls, requires_grad=True)
+            b = torch.zeros(n_cls, requires_grad=True)
+            opt = torch.optim.LBFGS([w, b], max_iter=200, line_search_fn="strong_wolfe")
+
+            def closure():
+                opt.zero_grad()
+                loss = F.cross_entropy(x_tr[keep_tr] @ w + b, y_tr[task][keep_tr]) + 1e-3 * w.pow(2).sum()
+                loss.backward()
+                return loss
+            opt.step(closure)
+        pred = (x_te[keep_te] @ w + b).argmax(-1)
+        result[task] = round((pred == y_te[task][keep_te]).float().mean().item(), 4)
+        result[f"{task}_majority"] = round(Counter(y_te[task][keep_te].tolist()).most_common(1)[0][1]
+                                           / int(keep_te.sum()), 4)
+    return result
+
+
+# --- 3. tiny chat LM ------------------------------------------------------------------------------------------
+
+def text_sample(record, rng: random.Random) -> dict:
+    """A text-only dialogue about a scene given in words, in the stage-2 template (the image is a sentence)."""
+    scene = f"Scene: {record.captions[1]}"
+    kind = rng.random()
+    if kind < 0.6:
+        qas = scene_questions(record, rng)
+        turns = [(q.question, q.answer) for q in qas[:rng.randint(2, min(5, len(qas)))]]
+    elif kind < 0.75:
+        turns = [(rng.choice(DETAIL_PROMPTS), describe_scene(record))]
+    elif kind < 0.9:
+        qa = reasoning_question(record, rng)
+        turns = [(qa.question, qa.answer)]
+    else:
+        turns = [(rng.choice(BRIEF_PROMPTS), rng.choice(record.captions))]
+    sample = make_sample(f"text_{record.image_id}", record.file_name, turns)
+    first = sample["conversations"][0]
+    first["value"] = first["value"].replace("<image>", scene)
+    return sample
+
+
+def collate(items: list[dict], pad_id: int) -> dict:
+    length = max(len(x["input_ids"]) for x in items)
+    ids = torch.full((len(items), length), pad_id)
+    labels = torch.full((len(items), length), -100)
+    mask = torch.zeros((len(items), length), dtype=torch.long)
+    for i, x in enumerate(items):
+        n = len(x["input_ids"])
+        ids[i, :n], labels[i, :n], mask[i, :n] = x["input_ids"], x["labels"], 1
+    return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+
+def train_chat_lm(cfg: Stage0Config, scenes, tokenizer, log=print) -> LlamaForCausalLM:
+    torch.manual_seed(cfg.seed)
+    lm = LlamaForCausalLM(tiny_lm_config(len(tokenizer), tokenizer))
+    template = get_template("vicuna_v1")
+    opt = torch.optim.AdamW(lm.parameters(), lr=cfg.lm_lr, weight_decay=0.0, betas=(0.9, 0.98))
+    warm = max(1, int(0.03 * cfg.lm_steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(s, cfg.lm_steps) / cfg.lm_steps)))
+    rng = random.Random(cfg.seed + 1)
+    bar = tqdm(range(cfg.lm_steps), desc="stage 0b: tiny chat LM")
+    for step in bar:
+        items = [tokenize_conversation(text_sample(rng.choice(scenes)[0], rng), tokenizer, template, image_tokens=1,
+                                       max_length=cfg.max_length) for _ in range(cfg.lm_batch)]
+        batch = collate(items, tokenizer.pad_token_id)
+        loss = lm(**batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(lm.parameters(), 1.0)
+        opt.step(), sched.step(), opt.zero_grad(set_to_none=True)
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+        if step % 100 == 0:
+            log(json.dumps({"stage": "0b", "step": step, "loss": round(loss.item(), 4)}))
+    return lm
+
+
+@torch.no_grad()
+def text_qa_accuracy(lm, tokenizer, scenes, max_questions: int = 600) -> dict:
+    """Exact-match accuracy per question kind when the scene is given in words, and the majority baseline."""
+    from .conversation import prompt_ids
+    template = get_template("vicuna_v1")
+    lm.eval()
+    rows = []
+    for record, _, _ in scenes:
+        rng = random.Random(record.image_id)
+        for qa in scene_questions(record, rng)[:3]:
+            rows.append((record, qa))
+    rows = rows[:max_questions]
+    correct, answers_by_kind = Counter(), {}
+    total = Counter()
+    for i in range(0, len(rows), 64):
+        chunk = rows[i:i + 64]
+        prompts = [prompt_ids(f"Scene: {r.captions[1]}\n{qa.question}", tokenizer, template, image_tokens=1)
+                   for r, qa in chunk]
+        length = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), length), tokenizer.pad_token_id)
+        mask = torch.zeros_like(ids)
+        for j, p in enumerate(prompts):  # left padding for generation
+            ids[j, length - len(p):], mask[j, length - len(p):] = p, 1
+        out = lm.generate(input_ids=ids, attention_mask=mask, max_new_tokens=24, do_sample=False,
+                          eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+        for (r, qa), seq in zip(chunk, out[:, length:]):
+            text = tokenizer.decode(seq, skip_special_tokens=True)
+            total[qa.kind] += 1
+            correct[qa.kind] += answer_is_correct(qa, text)
+            answers_by_kind.setdefault(qa.kind, []).append(qa.key)
+    lm.train()
+    result = {}
+    for kind in sorted(total):
+        majority = Counter(answers_by_kind[kind]).most_common(1)[0][1] / total[kind]
+        result[kind] = {"accuracy": round(correct[kind] / total[kind], 3), "majority": round(majority, 3),
+                        "n": total[kind]}
+    return result
+
+
+# --- the whole recipe ---------------------------------------------------------------------------------------------
+
+def run_stage0(out_dir: str | Path, cfg: Stage0Config | None = None, log=print) -> dict:
+    """Train tokenizer, tiny CLIP and tiny chat LM; save them (bf16 safetensors) with ``recipe.json``."""
+    cfg = cfg or Stage0Config()
+    out_dir = Path(out_dir)
+    start = time.perf_counter()
+    scenes = generate_split(cfg.scenes, "train", seed=10_000 + cfg.seed, size_px=cfg.image_size)
+    held_out = generate_split(max(200, cfg.scenes // 20), "val", seed=10_000 + cfg.seed, size_px=cfg.image_size)
+    tokenizer = train_tiny_tokenizer(corpus(scenes), cfg.vocab_size)
+    seconds = {"scenes_and_tokenizer": time.perf_counter() - start}
+
+    t = time.perf_counter()
+    clip = train_clip(cfg, scenes, tokenizer, log)
+    seconds["clip"] = time.perf_counter() - t
+    probes = probe_features(clip.vision_model, scenes[:2000], held_out, cfg.image_size)
+    log(json.dumps({"stage": "0a", "probes": probes}))
+
+    t = time.perf_counter()
+    lm = train_chat_lm(cfg, scenes, tokenizer, log)
+    seconds["lm"] = time.perf_counter() - t
+    qa = text_qa_accuracy(lm, tokenizer, held_out)
+    log(json.dumps({"stage": "0b", "text_qa": qa}))
+
+    from transformers import CLIPVisionModel
+    vision = CLIPVisionModel(clip.config.vision_config)
+    vision.load_state_dict(clip.vision_model.state_dict())
+    (out_dir / "vision").mkdir(parents=True, exist_ok=True)
+    vision.to(torch.bfloat16).save_pretrained(out_dir / "vision")
+    image_processor_class()(size={"shortest_edge": cfg.image_size}, crop_size={"height": cfg.image_size,
+                       "width": cfg.image_size}, image_mean=CLIP_MEAN, image_std=CLIP_STD).save_pretrained(out_dir / "vision")
+    lm.to(torch.bfloat16).save_pretrained(out_dir / "lm")
+    tokenizer.save_pretrained(out_dir / "lm")
+    seconds["total"] = time.perf_counter() - start
+    recipe = {"config": dataclasses.asdict(cfg), "config_hash": cfg.hash(), "seconds": {k: round(v, 1) for k, v in
+              seconds.items()}, "probes": probes, "text_qa": qa, "torch": torch.__version__,
+              "machine": "2 CPU cores" if torch.get_num_threads() <= 2 else f"{torch.get_num_threads()} CPU threads"}
+    (out_dir / "recipe.json").write_text(json.dumps(recipe, indent=1))
+    return recipe
