@@ -73,6 +73,63 @@ def _data_stats(args: argparse.Namespace) -> None:
     print(json.dumps(dataset_stats(read_llava_json(args.file)), indent=1))
 
 
+def _train(args: argparse.Namespace) -> None:
+    if args.stage == 0:
+        from .stage0 import Stage0Config, run_stage0
+
+        if args.preset != "tiny":
+            raise ValueError("stage 0 exists only for the tiny preset: other presets start from hub checkpoints")
+        cfg = Stage0Config(**{k: type(getattr(Stage0Config, k))(v) for k, v in (o.split("=", 1) for o in args.overrides)})
+        recipe = run_stage0(args.out, cfg)
+        print(json.dumps({k: recipe[k] for k in ("config_hash", "seconds", "probes", "text_qa")}, indent=1))
+        return
+    from .config import load_config
+    from .quickstart import prepare_data
+    from .train import run_stage
+
+    cfg = load_config(args.preset, args.overrides, args.config)
+    prepare_data(cfg)
+    _, summary = run_stage(cfg, args.stage, args.out, resume=args.resume)
+    print(json.dumps({k: v for k, v in summary.items() if k not in ("features", "processor")}, indent=1))
+
+
+def _quickstart(args: argparse.Namespace) -> None:
+    from .quickstart import run_quickstart
+
+    run_quickstart(args.out, from_scratch=args.from_scratch, preset=args.preset, overrides=args.overrides)
+
+
+def _chat(args: argparse.Namespace) -> None:
+    from .inference import answer_batch, pixels_for
+    from .model.build import load_model
+
+    model, processor, cfg = load_model(args.model)
+    pixels = pixels_for(processor, [args.image])
+    options = dict(template=cfg.stage2_template, max_new_tokens=args.max_new_tokens, do_sample=args.temperature > 0,
+                   temperature=max(args.temperature, 1e-5))
+    if args.question:
+        print(answer_batch(model, [args.question], pixel_values=pixels, **options)[0])
+        return
+    history: list[tuple[str, str]] = []
+    print("Ask about the image (empty line or Ctrl-D to stop).")
+    while True:
+        try:
+            question = input("you> ").strip()
+        except EOFError:
+            break
+        if not question:
+            break
+        reply = answer_batch(model, [question], pixel_values=pixels, history=[history], **options)[0]
+        print(f"minillava> {reply}")
+        history.append((question, reply))
+
+
+def _export(args: argparse.Namespace) -> None:
+    from .model.export import export_model
+
+    print(f"exported to {export_model(args.model, args.out)}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="minillava", description="An annotated, runnable LLaVA (Visual Instruction Tuning, NeurIPS 2023).",
@@ -118,6 +175,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the API key")
     p.set_defaults(func=_data_instruct)
 
+    p = commands.add_parser("train", help="train one stage (0: tiny backbones, 1: alignment, 2: instruction tuning)",
+                            epilog="example: minillava train --stage 1 --preset tiny --out runs/s1 stage1_steps=200")
+    p.add_argument("--stage", type=int, choices=[0, 1, 2], required=True)
+    p.add_argument("--preset", default="tiny", help="tiny | small | paper")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--resume", action="store_true", help="continue from the newest good checkpoint in --out")
+    p.add_argument("--config", type=Path, help="a YAML or JSON file of config fields")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config fields, e.g. stage2_lr=1e-4")
+    p.set_defaults(func=_train)
+
+    p = commands.add_parser("quickstart", help="the main job: data → stage 1 → stage 2 → eval → figures",
+                            epilog="example: minillava quickstart --out runs/quickstart")
+    p.add_argument("--out", type=Path, default=Path("runs/quickstart"))
+    p.add_argument("--from-scratch", action="store_true", help="also re-run stage 0 (tiny CLIP and chat LM)")
+    p.add_argument("--preset", default="tiny")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    p.set_defaults(func=_quickstart)
+
+    p = commands.add_parser("chat", help="answer a question about an image (interactive without QUESTION)",
+                            epilog="example: minillava chat --model runs/quickstart/stage2 --image scene.png "
+                                   "'What color is the circle?'")
+    p.add_argument("--model", type=Path, required=True)
+    p.add_argument("--image", type=Path, required=True)
+    p.add_argument("question", nargs="?")
+    p.add_argument("--max-new-tokens", type=int, default=96)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.set_defaults(func=_chat)
+
+    p = commands.add_parser("export", help="write transformers LlavaForConditionalGeneration format",
+                            epilog="example: minillava export --model runs/quickstart/stage2 --out hf_llava")
+    p.add_argument("--model", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=_export)
+
     p = data_cmds.add_parser("stats", help="counts per type, turns and lengths of a LLaVA JSON file")
     p.add_argument("file", type=Path)
     p.set_defaults(func=_data_stats)
@@ -128,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (DataError, ValueError) as e:
+    except (DataError, ValueError, FileNotFoundError) as e:
         if os.environ.get("MINILLAVA_DEBUG"):
             raise
         print(f"minillava: error: {e}", file=sys.stderr)

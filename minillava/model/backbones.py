@@ -12,8 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from transformers import (AutoModelForCausalLM, AutoTokenizer, CLIPImageProcessor, CLIPVisionConfig,
-                          CLIPVisionModel, LlamaConfig, PreTrainedTokenizerFast)
+from transformers import (AutoModelForCausalLM, AutoTokenizer, CLIPVisionConfig, CLIPVisionModel, LlamaConfig,
+                          PreTrainedTokenizerFast)
 
 from ..conversation import IMAGE_TOKEN
 
@@ -53,7 +53,9 @@ def train_tiny_tokenizer(texts: list[str], vocab_size: int = 600) -> PreTrainedT
 def image_processor_class():
     """transformers 5 has a PIL-only CLIP processor; it needs no torchvision (4.x: the one class)."""
     import transformers
-    return getattr(transformers, "CLIPImageProcessorPil", CLIPImageProcessor)
+    if hasattr(transformers, "CLIPImageProcessorPil"):  # asking for CLIPImageProcessor itself warns in 5.x
+        return transformers.CLIPImageProcessorPil
+    return transformers.CLIPImageProcessor
 
 
 def _resolve(name: str, part: str) -> str:
@@ -66,7 +68,7 @@ def _resolve(name: str, part: str) -> str:
 
 
 def load_vision(name: str, *, image_size: int | None = None, dtype=torch.float32,
-                trust_remote_code: bool = False) -> tuple[CLIPVisionModel, CLIPImageProcessor]:
+                trust_remote_code: bool = False) -> tuple[CLIPVisionModel, object]:
     """A frozen CLIP vision tower and its image processor (resize, centre-crop, normalise)."""
     path = _resolve(name, "vision")
     vision = CLIPVisionModel.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code)

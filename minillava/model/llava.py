@@ -64,14 +64,31 @@ class MiniLlava(nn.Module):
         embeds = embeds.masked_scatter(is_image.unsqueeze(-1), projected.to(embeds.dtype))
         return embeds
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                labels: torch.Tensor | None = None, pixel_values: torch.Tensor | None = None,
-                image_features: torch.Tensor | None = None, **lm_kwargs):
-        """Loss of eq. 3 (answers only, via ``labels``) and logits. Give pixels, or cached Z_v features."""
+    def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+               pixel_values: torch.Tensor | None = None, image_features: torch.Tensor | None = None) -> torch.Tensor:
+        """Next-token logits (B, T, V) for every position. Give pixels, or cached Z_v features."""
+        if image_features is None and pixel_values is not None:
+            image_features = self.image_features(pixel_values)
+        return self.lm(inputs_embeds=self.embed(input_ids, image_features), attention_mask=attention_mask).logits
+
+    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                    image_features: torch.Tensor | None = None, pixel_values: torch.Tensor | None = None
+                    ) -> tuple[torch.Tensor, int]:
+        """Eq. 3 as a *sum* of -log p over answer tokens, and their count.
+
+        Summing (not averaging) lets the trainer divide by the token count of the whole global batch, so
+        gradient accumulation and several processes give the same update as one big batch. The LM head is
+        applied only at positions that predict an answer token: (M, D) @ (D, V) instead of (B, T, D) @ (D, V).
+        """
         if image_features is None and pixel_values is not None:
             image_features = self.image_features(pixel_values)
         embeds = self.embed(input_ids, image_features)
-        return self.lm(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels, **lm_kwargs)
+        hidden = self.lm.get_decoder()(inputs_embeds=embeds, attention_mask=attention_mask).last_hidden_state
+        targets = labels[:, 1:]                      # token t is predicted from position t - 1
+        keep = targets != -100                       # (B, T-1)
+        logits = self.lm.get_output_embeddings()(hidden[:, :-1][keep])  # (M, V)
+        loss = torch.nn.functional.cross_entropy(logits.float(), targets[keep], reduction="sum")
+        return loss, int(keep.sum())
 
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,

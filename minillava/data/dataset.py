@@ -1,0 +1,127 @@
+"""Training samples: LLaVA JSON + images → token ids, loss labels and image features.
+
+Data order is a pure function of (seed, step): batch ``s`` takes the next slice of a seeded permutation of the
+samples (a fresh permutation each epoch). Resuming at step ``s`` therefore replays exactly the same batches as
+an uninterrupted run, with no sampler state to save, and ranks of a distributed run take disjoint slices.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import torch
+
+from ..conversation import IGNORE_INDEX, Template, tokenize_conversation
+from .llava_json import make_sample
+from .prompts import BRIEF_PROMPTS
+from .records import DataError, ImageRecord
+
+
+def caption_samples(records: list[ImageRecord], seed: int = 0) -> list[dict]:
+    """Stage 1 (§4.2): each image with a random brief prompt and one of its captions as the answer."""
+    rng = random.Random(seed)
+    return [make_sample(f"{r.image_id}_cap{i}", r.file_name, [(rng.choice(BRIEF_PROMPTS), caption)])
+            for r in records for i, caption in enumerate(r.captions)]
+
+
+def load_image(path: Path):
+    """RGB PIL image; grayscale, palette, 16-bit and alpha images are converted, broken files named."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16/32-bit grey: scale to 8 bits before RGB
+                im = im.point(lambda v: v / 256).convert("L")
+            return im.convert("RGB")
+    except FileNotFoundError:
+        raise DataError(f"{path}: image file not found") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise DataError(f"{path}: cannot decode image ({e.__class__.__name__}: {e})") from None
+
+
+class InstructDataset:
+    """Tokenised samples plus one row of image features per sample (features computed once: g is frozen)."""
+
+    def __init__(self, samples: list[dict], tokenizer, template: Template, *, image_tokens: int, max_length: int,
+                 source: str = "samples"):
+        self.items, self.image_of, self.truncated = [], [], 0
+        for i, sample in enumerate(samples):
+            try:
+                item = tokenize_conversation(sample, tokenizer, template, image_tokens=image_tokens,
+                                             max_length=max_length)
+            except ValueError as e:
+                raise DataError(f"{source}: record {i}: {e}") from None
+            if item["truncated"]:
+                self.truncated += 1
+                if (item["labels"] != IGNORE_INDEX).sum() == 0:
+                    raise DataError(f"{source}: record {i} (id={sample.get('id')}): longer than max_length="
+                                    f"{max_length} and nothing of its answer is left after truncation")
+                if (item["input_ids"] == tokenizer.convert_tokens_to_ids("<image>")).sum() % image_tokens:
+                    raise DataError(f"{source}: record {i} (id={sample.get('id')}): truncation at max_length="
+                                    f"{max_length} cuts through the image tokens")
+            self.items.append(item)
+            self.image_of.append(sample.get("image"))
+        self.pad_id = tokenizer.pad_token_id
+        self.images = sorted({name for name in self.image_of if name})
+        self.image_index = {name: j for j, name in enumerate(self.images)}
+        self.features: torch.Tensor | None = None  # (num_images, N, Dv), filled by attach_features
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def attach_features(self, features: torch.Tensor) -> None:
+        if features.shape[0] != len(self.images):
+            raise ValueError(f"expected features for {len(self.images)} images, got {features.shape[0]}")
+        self.features = features
+
+    def order(self, epoch: int, seed: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+        return torch.randperm(len(self.items), generator=g)
+
+    def batch_indices(self, step: int, batch_size: int, seed: int) -> list[int]:
+        """The sample indices of global batch ``step`` (may span an epoch boundary)."""
+        start, n = step * batch_size, len(self.items)
+        perms: dict[int, torch.Tensor] = {}
+        out = []
+        for k in range(start, start + batch_size):
+            epoch, pos = divmod(k, n)
+            if epoch not in perms:
+                perms[epoch] = self.order(epoch, seed)
+            out.append(int(perms[epoch][pos]))
+        return out
+
+    def collate(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        """Right-padded ids, labels (-100 on padding), attention mask, and the samples' image features."""
+        items = [self.items[i] for i in indices]
+        length = max(len(x["input_ids"]) for x in items)
+        ids = torch.full((len(items), length), self.pad_id)
+        labels = torch.full((len(items), length), IGNORE_INDEX)
+        mask = torch.zeros((len(items), length), dtype=torch.long)
+        for row, x in enumerate(items):
+            n = len(x["input_ids"])
+            ids[row, :n], labels[row, :n], mask[row, :n] = x["input_ids"], x["labels"], 1
+        batch = {"input_ids": ids, "labels": labels, "attention_mask": mask}
+        with_image = [self.image_index[self.image_of[i]] for i in indices if self.image_of[i]]
+        if with_image:
+            if self.features is None:
+                raise RuntimeError("image features are not attached (call attach_features)")
+            batch["image_features"] = self.features[with_image]
+        return batch
+
+
+@torch.no_grad()
+def compute_features(model, image_root: Path, names: list[str], processor, batch_size: int = 64,
+                     device: str = "cpu", progress: bool = True) -> torch.Tensor:
+    """Z_v for every image once, through the frozen tower: (num_images, N, Dv) on the CPU."""
+    from tqdm.auto import tqdm
+
+    out = []
+    for i in tqdm(range(0, len(names), batch_size), desc="image features", disable=not progress):
+        images = [load_image(Path(image_root) / name) for name in names[i:i + batch_size]]
+        pixels = processor(images=images, return_tensors="pt")["pixel_values"].to(device, model.vision.dtype)
+        out.append(model.image_features(pixels).float().cpu())
+    if not out:
+        return torch.zeros(0)
+    return torch.cat(out)

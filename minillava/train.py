@@ -1,0 +1,313 @@
+"""§4.2 training: one loop for both stages.
+
+    stage 1  feature alignment      trainable: W            frozen: g, f_φ     template: plain
+    stage 2  end-to-end tuning      trainable: W and f_φ    frozen: g          template: vicuna_v1
+
+Recipe: AdamW, cosine schedule with warmup, gradient accumulation and clipping, bf16 autocast on CUDA.
+Every ``save_every`` steps a checkpoint (safetensors + JSON) holds the trainable weights, the optimiser, the
+scheduler, RNG states and the step; data order is a function of (seed, step), so ``resume`` continues exactly.
+Under ``torchrun`` each process takes a disjoint slice of every global batch and DDP averages gradients.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .config import Config
+from .data.dataset import InstructDataset
+
+STAGES = {1: dict(train_lm=False), 2: dict(train_lm=True)}
+
+
+# --- distributed helpers (a no-op in one process) ------------------------------------------------------------
+
+def dist_info() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def init_distributed(device: str) -> tuple[int, int]:
+    """Join the process group that torchrun / accelerate launch describe in the environment."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    return dist_info()
+
+
+def resolve_device(name: str) -> str:
+    if name != "auto":
+        return name
+    if torch.cuda.is_available():
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+    return "cpu"
+
+
+# --- freeze policy, optimiser, schedule -------------------------------------------------------------------
+
+def set_trainable(model, stage: int) -> list[torch.nn.Parameter]:
+    """Vision always frozen; the LM trains only in stage 2; the projector always trains."""
+    model.vision.requires_grad_(False)
+    model.lm.requires_grad_(STAGES[stage]["train_lm"])
+    model.projector.requires_grad_(True)
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def cosine_with_warmup(total_steps: int, warmup_ratio: float):
+    warmup = max(1, math.ceil(total_steps * warmup_ratio))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return factor
+
+
+def make_optimizer(params, lr: float, weight_decay: float, device: str) -> torch.optim.AdamW:
+    fused = device.startswith("cuda")
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=(0.9, 0.999), fused=fused or None)
+
+
+# --- checkpoints --------------------------------------------------------------------------------------------
+
+def _sha1(path: Path) -> str:
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(out_dir: Path, step: int, weights: dict, optimizer, scheduler, meta: dict, keep: int) -> Path:
+    """Write ``checkpoints/step_N`` atomically: into a temporary directory, fsync, then rename."""
+    root = out_dir / "checkpoints"
+    final = root / f"step_{step:07d}"
+    tmp = root / f".step_{step:07d}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    opt_state = optimizer.state_dict()
+    opt_tensors = {f"{pid}.{k}": (v if torch.is_tensor(v) else torch.tensor(v)).detach().cpu().contiguous()
+                   for pid, state in opt_state["state"].items() for k, v in state.items()}
+    rng = {"rng.cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng.update({f"rng.cuda{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+    save_file({k: v.detach().cpu().contiguous() for k, v in weights.items()}, str(tmp / "weights.safetensors"))
+    save_file({**opt_tensors, **rng}, str(tmp / "optimizer.safetensors"))
+    files = {name: {"bytes": (tmp / name).stat().st_size, "sha1": _sha1(tmp / name)}
+             for name in ("weights.safetensors", "optimizer.safetensors")}
+    state = {"step": step, "param_groups": opt_state["param_groups"], "scheduler": scheduler.state_dict(),
+             "files": files, **meta}
+    (tmp / "state.json").write_text(json.dumps(state, indent=1, default=str))
+    for name in ("weights.safetensors", "optimizer.safetensors", "state.json"):
+        with open(tmp / name, "rb+") as f:
+            os.fsync(f.fileno())
+    if final.exists():
+        shutil.rmtree(final)
+    tmp.rename(final)
+    _fsync_dir(root)
+    for old in sorted(root.glob("step_*"))[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def verify_checkpoint(path: Path) -> dict:
+    """Load ``state.json`` and check each file's size and hash; raise ValueError naming what is wrong."""
+    try:
+        state = json.loads((path / "state.json").read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: unreadable state.json ({e.__class__.__name__})") from None
+    for name, expected in state["files"].items():
+        file = path / name
+        if not file.is_file() or file.stat().st_size != expected["bytes"] or _sha1(file) != expected["sha1"]:
+            raise ValueError(f"{file}: truncated or corrupt (size/hash differ from state.json)")
+    return state
+
+
+def latest_good_checkpoint(out_dir: Path, log=print) -> tuple[Path, dict] | None:
+    """The newest checkpoint that verifies; corrupt ones are reported and skipped (falls back to older)."""
+    for path in sorted((out_dir / "checkpoints").glob("step_*"), reverse=True):
+        try:
+            return path, verify_checkpoint(path)
+        except ValueError as e:
+            log(f"warning: {e}; falling back to an earlier checkpoint")
+    return None
+
+
+def restore(path: Path, state: dict, model, optimizer, scheduler) -> int:
+    model.load_trainable_state(load_file(str(path / "weights.safetensors")))
+    tensors = load_file(str(path / "optimizer.safetensors"))
+    opt_state: dict = {}
+    for key, value in tensors.items():
+        if key.startswith("rng."):
+            continue
+        pid, name = key.split(".", 1)
+        opt_state.setdefault(int(pid), {})[name] = value
+    optimizer.load_state_dict({"state": opt_state, "param_groups": state["param_groups"]})
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(tensors["rng.cpu"])
+    if torch.cuda.is_available() and "rng.cuda0" in tensors:
+        torch.cuda.set_rng_state_all([tensors[f"rng.cuda{i}"] for i in range(torch.cuda.device_count())])
+    return state["step"]
+
+
+# --- the loop -----------------------------------------------------------------------------------------------
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+def train_stage(model, dataset: InstructDataset, cfg: Config, stage: int, out_dir: str | Path, *,
+                resume: bool = False, eval_fn=None, log_file: str = "log.jsonl", progress: bool = True) -> dict:
+    """Train ``stage`` for ``cfg.stage{N}_steps`` optimiser steps; returns a summary (losses, seconds)."""
+    from tqdm.auto import tqdm
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(cfg.device)
+    rank, world = init_distributed(device)
+    steps, batch_size, lr = (getattr(cfg, f"stage{stage}_{k}") for k in ("steps", "batch", "lr"))
+    if batch_size % (world * cfg.grad_accum):
+        raise ValueError(f"stage{stage}_batch={batch_size} must divide by processes × grad_accum = "
+                         f"{world} × {cfg.grad_accum}")
+    micro = batch_size // (world * cfg.grad_accum)
+
+    model.to(device)
+    params = set_trainable(model, stage)
+    model.lm.train(STAGES[stage]["train_lm"])
+    optimizer = make_optimizer(params, lr, cfg.weight_decay, device)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_warmup(steps, cfg.warmup_ratio))
+    ddp_model = model
+    if world > 1:
+        ddp_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[torch.device(device).index] if device.startswith("cuda") else None)
+
+    def log(message: str) -> None:
+        if rank == 0:
+            tqdm.write(message) if progress else None
+
+    start_step = 0
+    if resume and (found := latest_good_checkpoint(out_dir, log)):
+        start_step = restore(*found, model, optimizer, scheduler)
+        log(f"resumed stage {stage} from {found[0].name} (step {start_step})")
+
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") and cfg.bf16 else \
+        torch.autocast("cpu", enabled=False)
+    log_path = out_dir / log_file
+    losses, t0, tokens_seen = [], time.perf_counter(), 0
+    bar = tqdm(range(start_step, steps), desc=f"stage {stage}", disable=not progress or rank != 0,
+               initial=start_step, total=steps)
+    for step in bar:
+        global_idx = dataset.batch_indices(step, batch_size, cfg.seed)
+        # every rank counts the answer tokens of the *global* batch, so the loss is one global mean
+        n_global = sum(int((dataset.items[i]["labels"][1:] != -100).sum()) for i in global_idx)
+        mine = global_idx[rank::world]
+        step_loss = 0.0
+        for k in range(cfg.grad_accum):
+            batch = {key: v.to(device) for key, v in dataset.collate(mine[k * micro:(k + 1) * micro]).items()}
+            sync = k == cfg.grad_accum - 1 or world == 1
+            context = ddp_model.no_sync() if not sync else contextlib.nullcontext()
+            with context, autocast:
+                loss_sum, _ = ddp_model(**batch)  # MiniLlava.forward: (sum of answer-token losses, count)
+                loss = loss_sum * world / n_global  # DDP averages over processes; undo it to get sum / n_global
+            loss.backward()
+            step_loss += loss_sum.item()
+        if world > 1:
+            total = torch.tensor([step_loss], device=device)
+            torch.distributed.all_reduce(total)
+            step_loss = total.item()
+        mean_loss = step_loss / n_global
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad)
+        if not (math.isfinite(mean_loss) and torch.isfinite(grad_norm)):
+            raise NonFiniteLoss(f"stage {stage} step {step}: loss {mean_loss} / gradient norm {grad_norm.item()} "
+                                f"is not finite; the last good checkpoint is kept in {out_dir / 'checkpoints'}")
+        if mean_loss == 0.0:
+            raise NonFiniteLoss(f"stage {stage} step {step}: loss is exactly 0 — every label masked?")
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(mean_loss)
+        tokens_seen += sum(len(dataset.items[i]["input_ids"]) for i in global_idx)
+        done = step + 1
+        if rank == 0 and (done % cfg.log_every == 0 or done == steps):
+            elapsed = time.perf_counter() - t0
+            record = {"stage": stage, "step": done, "loss": round(mean_loss, 5), "lr": scheduler.get_last_lr()[0],
+                      "grad_norm": round(float(grad_norm), 4), "samples_per_s": round(
+                          (done - start_step) * batch_size / elapsed, 2), "tokens_per_s": round(tokens_seen / elapsed, 1)}
+            if eval_fn is not None and cfg.eval_every and done % cfg.eval_every == 0:
+                record["eval"] = eval_fn(model)
+            with open(log_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+            bar.set_postfix(loss=f"{mean_loss:.3f}")
+        if rank == 0 and (done % cfg.save_every == 0 or done == steps):
+            save_checkpoint(out_dir, done, model.trainable_state(include_lm=STAGES[stage]["train_lm"]), optimizer,
+                            scheduler, {"stage": stage, "seed": cfg.seed, "config": cfg.to_dict()},
+                            cfg.keep_checkpoints)
+    seconds = time.perf_counter() - t0
+    return {"stage": stage, "steps": steps, "first_loss": losses[0] if losses else None,
+            "last_loss": sum(losses[-20:]) / max(1, len(losses[-20:])) if losses else None, "seconds": seconds}
+
+
+# --- one stage end to end: data → model → loop → model directory -----------------------------------------
+
+def stage_samples(cfg: Config, stage: int, data_dir: Path) -> tuple[list[dict], str]:
+    """Stage 1: (image, brief prompt, caption) from the train split; stage 2: the §3 instruction JSON."""
+    from .data.dataset import caption_samples
+    from .data.llava_json import read_llava_json
+    from .data.records import load_split
+
+    if stage == 1:
+        return caption_samples(load_split(data_dir, cfg.data_split), cfg.seed), f"{data_dir} captions"
+    path = cfg.instruct_json or str(data_dir / f"instruct_{cfg.data_split}.json")
+    samples = read_llava_json(path)
+    wanted = set(cfg.stage2_types.split(","))
+    return [s for s in samples if s.get("type", "conv") in wanted], path
+
+
+def run_stage(cfg: Config, stage: int, out_dir: str | Path, *, resume: bool = False, model=None, processor=None,
+              features: dict | None = None, progress: bool = True) -> tuple[object, dict]:
+    """Train one stage from ``cfg`` and write a model directory to ``out_dir``; returns (model, summary)."""
+    from .conversation import get_template
+    from .data.dataset import compute_features
+    from .model.build import build_model, save_model
+    from .model.llava import load_weights
+
+    data_dir = Path(cfg.data_dir)
+    if model is None:
+        model, processor = build_model(cfg)
+        if cfg.init_from:  # e.g. stage 2 starts from stage 1's projector
+            model.load_trainable_state(load_weights(Path(cfg.init_from) / "model.safetensors"))
+    samples, source = stage_samples(cfg, stage, data_dir)
+    dataset = InstructDataset(samples, model.tokenizer, get_template(getattr(cfg, f"stage{stage}_template")),
+                              image_tokens=model.num_image_tokens, max_length=cfg.max_length, source=source)
+    if dataset.truncated:
+        print(f"warning: {dataset.truncated} of {len(dataset)} samples were longer than max_length="
+              f"{cfg.max_length} and were truncated")
+    missing = [n for n in dataset.images if features is None or n not in features]
+    if missing:  # g is frozen in both stages, so Z_v is computed once per image and reused every epoch
+        new = compute_features(model, data_dir / "images", missing, processor, progress=progress,
+                               device=resolve_device(cfg.device))
+        features = {**(features or {}), **dict(zip(missing, new))}
+    dataset.attach_features(torch.stack([features[name] for name in dataset.images]))
+    summary = train_stage(model, dataset, cfg, stage, out_dir, resume=resume, progress=progress)
+    if dist_info()[0] == 0:
+        save_model(model, cfg, out_dir, include_lm=STAGES[stage]["train_lm"], extra={"stage": stage})
+    summary["features"], summary["processor"] = features, processor
+    return model, summary

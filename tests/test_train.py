@@ -1,0 +1,92 @@
+"""§4.2 training loop: freeze policy, loss goes down, exact resume, fault handling."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from minillava.model.build import build_model, load_model
+from minillava.train import NonFiniteLoss, latest_good_checkpoint, run_stage
+
+
+def test_stage1_trains_only_the_projector(tiny_cfg, tmp_path):
+    cfg = tiny_cfg()
+    model, processor = build_model(cfg)
+    lm_before = {k: v.clone() for k, v in model.lm.state_dict().items()}
+    vision_before = {k: v.clone() for k, v in model.vision.state_dict().items()}
+    proj_before = {k: v.clone() for k, v in model.projector.state_dict().items()}
+    run_stage(cfg, 1, tmp_path / "s1", model=model, processor=processor)
+    assert all(torch.equal(v, model.lm.state_dict()[k]) for k, v in lm_before.items())
+    assert all(torch.equal(v, model.vision.state_dict()[k]) for k, v in vision_before.items())
+    assert not all(torch.equal(v, model.projector.state_dict()[k]) for k, v in proj_before.items())
+    saved = load_file(str(tmp_path / "s1" / "model.safetensors"))
+    assert saved and all(k.startswith("projector.") for k in saved)
+
+
+def test_stage2_trains_projector_and_lm_and_loss_falls(tiny_cfg, tmp_path):
+    cfg = tiny_cfg(stage2_steps=30, stage2_lr=3e-3, log_every=1, save_every=100)
+    model, summary = run_stage(cfg, 2, tmp_path / "s2")
+    assert summary["last_loss"] < 0.8 * summary["first_loss"]
+    saved = load_file(str(tmp_path / "s2" / "model.safetensors"))
+    assert any(k.startswith("lm.") for k in saved) and any(k.startswith("projector.") for k in saved)
+    log = [json.loads(line) for line in (tmp_path / "s2" / "log.jsonl").read_text().splitlines()]
+    assert log[-1]["step"] == 30 and log[-1]["samples_per_s"] > 0
+    reloaded, _, _ = load_model(tmp_path / "s2")
+    for k, v in model.lm.state_dict().items():
+        assert torch.equal(v, reloaded.lm.state_dict()[k])
+
+
+def _final_weights(out):
+    return load_file(str(out / "model.safetensors"))
+
+
+def test_resume_is_bit_identical(tiny_cfg, tmp_path):
+    """Stop after a checkpoint, start a fresh process-equivalent (new model), resume: same weights as straight."""
+    cfg = tiny_cfg(stage2_steps=7, save_every=3, grad_accum=2, stage2_batch=8)
+    run_stage(cfg, 2, tmp_path / "straight")
+    _run_until(cfg, tmp_path / "resumed", stop_after=3)  # killed right after the step-3 checkpoint
+    run_stage(cfg, 2, tmp_path / "resumed", resume=True)  # a fresh model, restored from disk
+    a, b = _final_weights(tmp_path / "straight"), _final_weights(tmp_path / "resumed")
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _run_until(cfg, out, stop_after):
+    """Run stage 2 but raise right after the optimiser step ``stop_after`` has been checkpointed."""
+    import minillava.train as train
+
+    original = train.save_checkpoint
+
+    def save_then_die(out_dir, step, *args, **kwargs):
+        path = original(out_dir, step, *args, **kwargs)
+        if step >= stop_after:
+            raise KeyboardInterrupt
+        return path
+    train.save_checkpoint = save_then_die
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_stage(cfg, 2, out)
+    finally:
+        train.save_checkpoint = original
+
+
+def test_corrupt_checkpoint_falls_back_to_previous(tiny_cfg, tmp_path):
+    cfg = tiny_cfg(stage2_steps=6, save_every=2, keep_checkpoints=3)
+    run_stage(cfg, 2, tmp_path / "run")
+    newest = sorted((tmp_path / "run" / "checkpoints").glob("step_*"))[-1]
+    weights = newest / "weights.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    messages = []
+    path, state = latest_good_checkpoint(tmp_path / "run", log=messages.append)
+    assert path.name == "step_0000004" and state["step"] == 4
+    assert "truncated or corrupt" in messages[0] and "step_0000006" in messages[0]
+
+
+def test_nan_loss_stops_with_the_step(tiny_cfg, tmp_path):
+    cfg = tiny_cfg(stage2_steps=4)
+    model, processor = build_model(cfg)
+    with torch.no_grad():
+        model.projector[0].weight.fill_(float("nan"))
+    with pytest.raises(NonFiniteLoss, match="step 0"):
+        run_stage(cfg, 2, tmp_path / "nan", model=model, processor=processor)
