@@ -329,5 +329,13 @@ def run_stage0(out_dir: str | Path, cfg: Stage0Config | None = None, log=print) 
     recipe = {"config": dataclasses.asdict(cfg), "config_hash": cfg.hash(), "seconds": {k: round(v, 1) for k, v in
               seconds.items()}, "probes": probes, "text_qa": qa, "torch": torch.__version__,
               "machine": "2 CPU cores" if torch.get_num_threads() <= 2 else f"{torch.get_num_threads()} CPU threads"}
+    recipe["files"] = shipped_file_hashes(out_dir)
     (out_dir / "recipe.json").write_text(json.dumps(recipe, indent=1))
     return recipe
+
+
+def shipped_file_hashes(out_dir: str | Path) -> dict[str, str]:
+    """sha1 of every weight file, so a check can tell when shipped weights and recipe.json part ways."""
+    out_dir = Path(out_dir)
+    return {str(p.relative_to(out_dir)): hashlib.sha1(p.read_bytes()).hexdigest()
+            for p in sorted(out_dir.rglob("*.safetensors"))}

@@ -246,13 +246,14 @@ def train_stage(model, dataset: InstructDataset, cfg: Config, stage: int, out_di
         losses.append(mean_loss)
         tokens_seen += sum(len(dataset.items[i]["input_ids"]) for i in global_idx)
         done = step + 1
-        if rank == 0 and (done % cfg.log_every == 0 or done == steps):
+        evaluate = eval_fn is not None and cfg.eval_every and (done % cfg.eval_every == 0 or done == steps)
+        if rank == 0 and (done % cfg.log_every == 0 or done == steps or evaluate):
             elapsed = time.perf_counter() - t0
             record = {"stage": stage, "step": done, "loss": round(mean_loss, 5), "lr": scheduler.get_last_lr()[0],
                       "grad_norm": round(float(grad_norm), 4), "samples_per_s": round(
                           (done - start_step) * batch_size / elapsed, 2), "tokens_per_s": round(tokens_seen / elapsed, 1)}
-            if eval_fn is not None and cfg.eval_every and done % cfg.eval_every == 0:
-                record["eval"] = eval_fn(model)
+            if evaluate:
+                record.update(eval_fn(model))
             with open(log_path, "a") as f:
                 f.write(json.dumps(record) + "\n")
             bar.set_postfix(loss=f"{mean_loss:.3f}")
@@ -267,14 +268,21 @@ def train_stage(model, dataset: InstructDataset, cfg: Config, stage: int, out_di
 
 # --- one stage end to end: data → model → loop → model directory -----------------------------------------
 
-def stage_samples(cfg: Config, stage: int, data_dir: Path) -> tuple[list[dict], str]:
-    """Stage 1: (image, brief prompt, caption) from the train split; stage 2: the §3 instruction JSON."""
+def stage_samples(cfg: Config, stage: int, data_dir: Path, split: str | None = None) -> tuple[list[dict], str]:
+    """Stage 1: (image, brief prompt, caption) from the train split; stage 2: the §3 instruction JSON.
+
+    ``split`` other than the training split (e.g. "val") gives held-out samples made by the rule teacher.
+    """
     from .data.dataset import caption_samples
     from .data.llava_json import read_llava_json
     from .data.records import load_split
+    from .data.teachers import generate_rule_instructions
 
+    split = split or cfg.data_split
     if stage == 1:
-        return caption_samples(load_split(data_dir, cfg.data_split), cfg.seed), f"{data_dir} captions"
+        return caption_samples(load_split(data_dir, split), cfg.seed), f"{data_dir} {split} captions"
+    if split != cfg.data_split:
+        return generate_rule_instructions(load_split(data_dir, split), seed=cfg.seed), f"{data_dir} {split} rule"
     path = cfg.instruct_json or str(data_dir / f"instruct_{cfg.data_split}.json")
     samples = read_llava_json(path)
     wanted = set(cfg.stage2_types.split(","))
@@ -284,7 +292,6 @@ def stage_samples(cfg: Config, stage: int, data_dir: Path) -> tuple[list[dict], 
 def run_stage(cfg: Config, stage: int, out_dir: str | Path, *, resume: bool = False, model=None, processor=None,
               features: dict | None = None, progress: bool = True) -> tuple[object, dict]:
     """Train one stage from ``cfg`` and write a model directory to ``out_dir``; returns (model, summary)."""
-    from .conversation import get_template
     from .data.dataset import compute_features
     from .model.build import build_model, save_model
     from .model.llava import load_weights
@@ -295,7 +302,7 @@ def run_stage(cfg: Config, stage: int, out_dir: str | Path, *, resume: bool = Fa
         if cfg.init_from:  # e.g. stage 2 starts from stage 1's projector
             model.load_trainable_state(load_weights(Path(cfg.init_from) / "model.safetensors"))
     samples, source = stage_samples(cfg, stage, data_dir)
-    dataset = InstructDataset(samples, model.tokenizer, get_template(getattr(cfg, f"stage{stage}_template")),
+    dataset = InstructDataset(samples, model.tokenizer, dataset_template(cfg, stage),
                               image_tokens=model.num_image_tokens, max_length=cfg.max_length, source=source)
     if dataset.truncated:
         print(f"warning: {dataset.truncated} of {len(dataset)} samples were longer than max_length="
@@ -306,8 +313,36 @@ def run_stage(cfg: Config, stage: int, out_dir: str | Path, *, resume: bool = Fa
                                device=resolve_device(cfg.device))
         features = {**(features or {}), **dict(zip(missing, new))}
     dataset.attach_features(torch.stack([features[name] for name in dataset.images]))
-    summary = train_stage(model, dataset, cfg, stage, out_dir, resume=resume, progress=progress)
+    eval_fn = None
+    if cfg.eval_every and (data_dir / "annotations" / "captions_val.json").is_file():
+        val_samples, val_source = stage_samples(cfg, stage, data_dir, split="val")
+        val = InstructDataset(val_samples[:128], model.tokenizer, dataset_template(cfg, stage),
+                              image_tokens=model.num_image_tokens, max_length=cfg.max_length, source=val_source)
+        val.attach_features(compute_features(model, data_dir / "images", val.images, processor, progress=False,
+                                             device=resolve_device(cfg.device)))
+        eval_fn = lambda m: {"val_loss": round(validation_loss(m, val), 5)}  # noqa: E731
+    summary = train_stage(model, dataset, cfg, stage, out_dir, resume=resume, eval_fn=eval_fn, progress=progress)
     if dist_info()[0] == 0:
         save_model(model, cfg, out_dir, include_lm=STAGES[stage]["train_lm"], extra={"stage": stage})
     summary["features"], summary["processor"] = features, processor
     return model, summary
+
+
+def dataset_template(cfg: Config, stage: int):
+    from .conversation import get_template
+    return get_template(getattr(cfg, f"stage{stage}_template"))
+
+
+@torch.no_grad()
+def validation_loss(model, dataset: InstructDataset, batch_size: int = 32) -> float:
+    """Mean answer-token loss over a held-out dataset (the model's train/eval mode is restored)."""
+    was_training = model.lm.training
+    model.eval()
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    for i in range(0, len(dataset), batch_size):
+        batch = {k: v.to(device) for k, v in dataset.collate(list(range(i, min(i + batch_size, len(dataset))))).items()}
+        loss_sum, n = model(**batch)
+        total, count = total + loss_sum.item(), count + n
+    model.lm.train(was_training)
+    return total / max(count, 1)

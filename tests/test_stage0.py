@@ -1,0 +1,53 @@
+"""Stage 0: the recipe that makes the shipped tiny backbones runs, and the shipped files match their recipe."""
+
+import json
+
+import pytest
+import torch
+
+from minillava.model.backbones import TINY_DIR, load_lm, load_vision
+from minillava.stage0 import Stage0Config, run_stage0, shipped_file_hashes, twin
+from minillava.data.shapes import generate_split
+
+
+def test_recipe_runs_a_few_steps_and_saves_loadable_backbones(tmp_path):
+    cfg = Stage0Config(scenes=200, clip_steps=3, clip_batch=16, lm_steps=3, lm_batch=4)
+    recipe = run_stage0(tmp_path, cfg, log=lambda s: None)
+    assert recipe["config_hash"] == cfg.hash() and set(recipe["probes"]) >= {"color", "shape", "size", "occupied"}
+    vision, processor = load_vision(str(tmp_path / "vision"))
+    lm, tokenizer = load_lm(str(tmp_path / "lm"))
+    assert vision.config.image_size == 96 and tokenizer.convert_tokens_to_ids("<image>") != tokenizer.unk_token_id
+    text = "The red circle is at the top left."
+    assert tokenizer.decode(tokenizer(text, add_special_tokens=False)["input_ids"]) == text  # byte-level: exact
+    assert recipe["files"] == shipped_file_hashes(tmp_path)
+
+
+def test_hard_negative_twin_differs_in_exactly_one_attribute():
+    for _, layout, _ in generate_split(50, "train", seed=1):
+        import random
+        other = twin(layout, random.Random(0))
+        assert len(other) == len(layout) and other != layout
+        changed = set(layout) ^ set(other)
+        assert len(changed) == 2  # one object out, its modified copy in
+
+
+@pytest.mark.skipif(not (TINY_DIR / "recipe.json").is_file(), reason="no shipped tiny backbones in this checkout")
+def test_shipped_weights_match_the_recipe():
+    recipe = json.loads((TINY_DIR / "recipe.json").read_text())
+    assert recipe["config_hash"] == Stage0Config().hash(), \
+        "Stage0Config changed since the tiny backbones were made: rerun `minillava train --stage 0 --out " \
+        "minillava/assets/tiny` and commit the result"
+    assert recipe["files"] == shipped_file_hashes(TINY_DIR), "shipped weight files differ from recipe.json"
+
+
+@pytest.mark.skipif(not (TINY_DIR / "recipe.json").is_file(), reason="no shipped tiny backbones in this checkout")
+def test_shipped_backbones_have_the_skills_llava_assumes():
+    """Recorded at shipping time: probes read colour/shape/size per cell; the LM answers from a scene in words."""
+    recipe = json.loads((TINY_DIR / "recipe.json").read_text())
+    probes = recipe["probes"]
+    for task in ("color", "shape", "size"):
+        assert probes[task] > probes[f"{task}_majority"] + 0.3, (task, probes)
+    for kind, row in recipe["text_qa"].items():
+        assert row["accuracy"] > row["majority"], (kind, row)
+    vision, _ = load_vision("tiny")
+    assert vision.dtype == torch.float32
