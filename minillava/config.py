@@ -55,6 +55,7 @@ class Config:
     grad_accum: int = 1
     clip_grad: float = 1.0
     max_length: int = 384
+    group_by_length: int = 16           # batches per length-sorted mega-batch (0 = plain shuffling)
     bf16: bool = True                    # autocast on CUDA only; CPU runs in fp32
     log_every: int = 25
     eval_every: int = 0                  # 0 = only at the end

@@ -87,6 +87,7 @@ def run_quickstart(out_dir: str | Path = "runs/quickstart", *, from_scratch: boo
         "accuracy": {k: v["accuracy"] for k, v in per_kind.items()},
         "accuracy_multi_object": {k: v["multi_object"] for k, v in per_kind.items() if k != "all"},
         "ci95": {k: v["ci95"] for k, v in per_kind.items()},
+        "questions": {k: v["n"] for k, v in per_kind.items()},
         "baselines": {"blank_image": {k: v["accuracy"] for k, v in blank["per_kind"].items()},
                       "stage1_only": {k: v["accuracy"] for k, v in after_stage1["per_kind"].items()},
                       "majority": {k: v["majority"] for k, v in per_kind.items() if k != "all"}},
@@ -125,3 +126,27 @@ def report(metrics: dict) -> str:
     p = metrics["parameters"]
     lines += ["", f"Parameters: vision {p['vision']:,} (frozen), projector {p['projector']:,}, LM {p['lm']:,}."]
     return "\n".join(lines) + "\n"
+
+
+def cached_quickstart(cache_dir: str | Path | None = None, overrides: list[str] | None = None) -> dict:
+    """The quickstart model for the notebooks: trained once per cache directory, then reused.
+
+    Notebooks 04–08 all look at the same trained model; the first one to need it pays for training
+    (silently, so every notebook prints the same thing whether it trained or reused).
+    """
+    import hashlib
+    import os
+
+    overrides = list(overrides or [])
+    cache_dir = Path(cache_dir or os.environ.get("MINILLAVA_NOTEBOOK_CACHE", Path.home() / ".cache" / "minillava"))
+    key = hashlib.sha1(json.dumps([load_config("tiny", overrides).to_dict(), _assets_id()]).encode()).hexdigest()[:10]
+    out = cache_dir / f"quickstart-{key}"
+    if not (out / "metrics.json").is_file():
+        run_quickstart(out, overrides=overrides, progress=False, log=lambda message: None)
+    return json.loads((out / "metrics.json").read_text()) | {"out_dir": str(out)}
+
+
+def _assets_id() -> str:
+    from .model.backbones import TINY_DIR
+    recipe = TINY_DIR / "recipe.json"
+    return json.loads(recipe.read_text()).get("config_hash", "") if recipe.is_file() else ""

@@ -215,7 +215,7 @@ def train_stage(model, dataset: InstructDataset, cfg: Config, stage: int, out_di
     bar = tqdm(range(start_step, steps), desc=f"stage {stage}", disable=not progress or rank != 0,
                initial=start_step, total=steps)
     for step in bar:
-        global_idx = dataset.batch_indices(step, batch_size, cfg.seed)
+        global_idx = dataset.batch_indices(step, batch_size, cfg.seed, cfg.group_by_length)
         # every rank counts the answer tokens of the *global* batch, so the loss is one global mean
         n_global = sum(int((dataset.items[i]["labels"][1:] != -100).sum()) for i in global_idx)
         mine = global_idx[rank::world]

@@ -90,3 +90,24 @@ def test_nan_loss_stops_with_the_step(tiny_cfg, tmp_path):
         model.projector[0].weight.fill_(float("nan"))
     with pytest.raises(NonFiniteLoss, match="step 0"):
         run_stage(cfg, 2, tmp_path / "nan", model=model, processor=processor)
+
+
+def test_data_order_is_a_function_of_seed_and_step(scene_dir, random_model):
+    """Resume and DDP rely on it: the same (seed, step) always gives the same batch; an epoch covers everything."""
+    from minillava.conversation import get_template
+    from minillava.data.dataset import InstructDataset
+    from minillava.data.llava_json import read_llava_json
+
+    ds = InstructDataset(read_llava_json(scene_dir / "instruct_train.json"), random_model.tokenizer,
+                         get_template("vicuna_v1"), image_tokens=9, max_length=384)
+    for group in (0, 4):
+        a = [ds.batch_indices(s, 6, seed=3, group_by_length=group) for s in range(8)]
+        b = [ds.batch_indices(s, 6, seed=3, group_by_length=group) for s in range(8)]
+        assert a == b and a != [ds.batch_indices(s, 6, seed=4, group_by_length=group) for s in range(8)]
+        first_epoch = [i for s in range(len(ds) // 6) for i in ds.batch_indices(s, 6, seed=3, group_by_length=0)]
+        assert sorted(first_epoch) == list(range(len(first_epoch)))
+    grouped = [ds.batch_indices(s, 6, seed=3, group_by_length=4) for s in range(4)]
+    assert sorted(i for b in grouped for i in b) == sorted(ds._stream(0, 24, 3))  # a mega-batch is a permutation
+    spread = lambda b: max(len(ds.items[i]["input_ids"]) for i in b) - min(len(ds.items[i]["input_ids"]) for i in b)  # noqa: E731
+    plain = [ds.batch_indices(s, 6, seed=3) for s in range(4)]
+    assert sum(map(spread, grouped)) < sum(map(spread, plain))  # similar lengths share a batch

@@ -80,12 +80,29 @@ class InstructDataset:
         g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
         return torch.randperm(len(self.items), generator=g)
 
-    def batch_indices(self, step: int, batch_size: int, seed: int) -> list[int]:
-        """The sample indices of global batch ``step`` (may span an epoch boundary)."""
-        start, n = step * batch_size, len(self.items)
+    def batch_indices(self, step: int, batch_size: int, seed: int, group_by_length: int = 0) -> list[int]:
+        """The sample indices of global batch ``step`` (may span an epoch boundary).
+
+        With ``group_by_length = G`` the stream is cut into mega-batches of G batches; each mega-batch is sorted
+        by length and split into G batches that are visited in a seeded random order. Samples of similar
+        length then share a batch, so little compute goes to padding, and the order stays a function of
+        (seed, step).
+        """
+        if group_by_length > 1:
+            mega, within = divmod(step, group_by_length)
+            pool = self._stream(mega * group_by_length * batch_size, group_by_length * batch_size, seed)
+            pool.sort(key=lambda i: len(self.items[i]["input_ids"]))
+            g = torch.Generator().manual_seed(seed * 7_919 + mega)
+            chosen = int(torch.randperm(group_by_length, generator=g)[within])
+            return pool[chosen * batch_size:(chosen + 1) * batch_size]
+        return self._stream(step * batch_size, batch_size, seed)
+
+    def _stream(self, start: int, count: int, seed: int) -> list[int]:
+        """Positions [start, start + count) of the endless sequence of seeded epoch permutations."""
+        n = len(self.items)
         perms: dict[int, torch.Tensor] = {}
         out = []
-        for k in range(start, start + batch_size):
+        for k in range(start, start + count):
             epoch, pos = divmod(k, n)
             if epoch not in perms:
                 perms[epoch] = self.order(epoch, seed)

@@ -1,0 +1,594 @@
+"""§5 judges: score a candidate's answers against reference answers, and the relative score.
+
+The paper's LLaVA-Bench number is a *relative* score: a text-only judge (GPT-4) reads a description of the
+image, the question, the reference answer (assistant 1) and the candidate's answer (assistant 2), rates each
+1–10 for helpfulness, relevance, accuracy and level of detail, and the reported score is
+candidate / reference × 100, per category and overall (PAPER.md, §5). As in the authors' summary script, the
+ratio is taken of the *mean* scores of a category (equivalently of the sums), not averaged per question.
+
+Two judges share one interface (``score(question, reference, candidate, context, repeat)`` →
+:class:`Verdict`):
+
+- :class:`RuleJudge` scores from the scene's ground truth in ``context.jsonl`` (see :mod:`.bench`); it is
+  deterministic, free and offline, and the default for the embedded benchmark. Its rules are spelled out on
+  the class.
+- :class:`ChatJudge` puts the paper's rubric to any OpenAI-compatible endpoint through
+  :class:`minillava.data.chat_teacher.ChatClient` (retries, backoff, key redaction), parses the verdict
+  strictly, caches every verdict so reruns cost nothing, and can judge ``repeats`` times for mean ± sd.
+
+:func:`evaluate_answers` scores *any* LLaVA-Bench answers file with either judge.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..data.chat_teacher import MalformedReply
+from ..data.records import DataError
+from ..data.shapes import COLORS, POSITIONS, SHAPES
+from ..data.teachers import _CANDIDATES
+from .bench import CATEGORIES, _positions_in, answer_matches, read_answers, read_context, read_questions
+
+log = logging.getLogger(__name__)
+
+
+class MalformedVerdict(MalformedReply):
+    """The judge's reply does not start with a line of exactly two scores in 1–10."""
+
+
+class JudgeFailed(RuntimeError):
+    """No usable verdict for one question after all attempts (counted, never guessed)."""
+
+
+@dataclass
+class Verdict:
+    score_reference: float
+    score_candidate: float
+    explanation: str = ""
+
+
+# --- parsing answers for the rule judge --------------------------------------------------------------------------
+
+_SIZE_WORDS = {"large": "large", "big": "large", "small": "small", "little": "small", "tiny": "small"}
+
+
+def _normalise(text: str) -> str:
+    """Lower case, hyphens to spaces ("top-left" → "top left"), one space between words."""
+    return " ".join(text.lower().replace("-", " ").split())
+
+
+def _plural_pattern(noun: str) -> str:
+    return re.escape(noun) + ("(?:es)?" if noun.endswith(("s", "x", "ch", "sh")) else "s?")
+
+
+@dataclass
+class Mention:
+    """One object named in an answer: '<size> <color> <shape>', each attribute optional except the shape."""
+
+    shape: str
+    color: str | None = None
+    size: str | None = None
+    position: str | None = None
+    start: int = 0
+    end: int = 0
+
+    def stated(self) -> dict:
+        return {k: v for k, v in (("color", self.color), ("size", self.size), ("position", self.position)) if v}
+
+
+def _mention_regex(vocabulary: list[str]) -> re.Pattern:
+    nouns = "|".join(_plural_pattern(n) for n in sorted(vocabulary, key=len, reverse=True))
+    sizes = "|".join(_SIZE_WORDS)
+    colors = "|".join(COLORS)
+    return re.compile(rf"\b(?:(?P<size>{sizes})\s+)?(?:(?P<color>{colors})\s+)?(?P<shape>{nouns})\b")
+
+
+_NEGATION = re.compile(r"\b(?:no|not\s+an?|not\s+any|without\s+an?|without)\s+$")
+_POSITION_RE = re.compile(r"\b(" + "|".join(sorted(POSITIONS, key=len, reverse=True)) + r")\b")
+
+
+def find_mentions(text: str, vocabulary: list[str] | None = None) -> list[Mention]:
+    """Objects named in ``text``, each with the position phrase that goes with it, if any.
+
+    A mention is '[size] [colour] <shape>' (plurals and big/little/tiny accepted); one negated by a preceding
+    "no" / "not a" / "without" ("there is no green star") is not a claim and is skipped. Positions are paired
+    within a sentence: in order when the sentence names as many positions as objects ("at the top left there
+    is a red circle and at the center a blue star"); otherwise clause by clause (split at commas and "and"; a
+    clause with a position but no object joins the next), in order when the clause's counts match, else each
+    position goes to the closest object named before it ("a red and a blue star at the center"), or to the
+    first one after it when none comes before.
+    """
+    vocab = list(vocabulary or SHAPES)
+    regex = _mention_regex(vocab)
+    canonical = {v: v for v in vocab}
+    mentions: list[Mention] = []
+    for sentence in re.split(r"[.;!?\n]+", _normalise(text)):
+        found = []
+        for m in regex.finditer(sentence):
+            if _NEGATION.search(sentence[:m.start()]):
+                continue
+            noun = m.group("shape")
+            shape = next(v for v in sorted(canonical, key=len, reverse=True) if re.fullmatch(_plural_pattern(v), noun))
+            found.append(Mention(shape, m.group("color"), _SIZE_WORDS.get(m.group("size") or ""), None,
+                                 m.start(), m.end()))
+        places = [(p.group(1), p.start(), p.end()) for p in _POSITION_RE.finditer(sentence)]
+        _pair_positions(sentence, found, places)
+        mentions += found
+    return mentions
+
+
+_CLAUSE = re.compile(r",|\band\b")
+
+
+def _pair_positions(sentence: str, found: list[Mention], places: list[tuple[str, int, int]]) -> None:
+    """Give mentions their position phrases (see :func:`find_mentions`)."""
+    if not found or not places:
+        return
+    if len(found) == len(places):
+        for mention, (pos, _, _) in zip(found, places):
+            mention.position = pos
+        return
+    bounds = [0] + [m.end() for m in _CLAUSE.finditer(sentence)] + [len(sentence) + 1]
+    units, pending = [], []  # a clause with positions but no object ("at the top left, ...") joins the next
+    for lo, hi in zip(bounds, bounds[1:]):
+        ms = [m for m in found if lo <= m.start < hi]
+        ps = pending + [p for p in places if lo <= p[1] < hi]
+        if ms:
+            units.append((ms, ps))
+            pending = []
+        else:
+            pending = ps
+    for ms, ps in units:
+        if len(ms) == len(ps):
+            for mention, (pos, _, _) in zip(ms, ps):
+                mention.position = pos
+            continue
+        best: dict[int, tuple[int, str]] = {}
+        for pos, s, e in ps:
+            before = [i for i, m in enumerate(ms) if m.end <= s]
+            i = before[-1] if before else 0  # "a red circle ... at the top left": the object named before it
+            dist = abs(s - ms[i].end) if before else abs(ms[i].start - e)
+            if i not in best or dist < best[i][0]:
+                best[i] = (dist, pos)
+        for i, (_, pos) in best.items():
+            ms[i].position = pos
+
+
+def _merge_mentions(mentions: list[Mention]) -> list[Mention]:
+    """Drop repeats: a mention whose stated facts are all stated, identically, by another mention."""
+    def facts(m):
+        return {"shape": m.shape, **m.stated()}
+
+    kept = []
+    for i, m in enumerate(mentions):
+        mine = facts(m).items()
+        covered = any(j != i and mine <= facts(o).items() and (len(facts(o)) > len(facts(m)) or j < i)
+                      for j, o in enumerate(mentions))
+        if not covered:
+            kept.append(m)
+    return kept
+
+
+def _agreement(m: Mention, obj: dict) -> int | None:
+    """How many of the mention's stated facts the object shares (None: a different shape, no match)."""
+    if m.shape != obj["category"]:
+        return None
+    return sum(obj.get(k) == v for k, v in m.stated().items())
+
+
+def _exists(m: Mention, objects: list[dict]) -> bool:
+    """Some object has the mention's shape and every colour / size the mention states (position not needed)."""
+    return any(o["category"] == m.shape and (m.color is None or o.get("color") == m.color)
+               and (m.size is None or o.get("size") == m.size) for o in objects)
+
+
+def detail_f1(text: str, objects: list[dict]) -> dict:
+    """Fact precision / recall / F1 of a description against the scene's objects (see :class:`RuleJudge`)."""
+    vocab = sorted(set(SHAPES) | {o["category"] for o in objects})
+    mentions = _merge_mentions(find_mentions(text, vocab))
+    pairs = sorted(((a, i, j) for i, m in enumerate(mentions) for j, o in enumerate(objects)
+                    if (a := _agreement(m, o)) is not None), key=lambda t: (-t[0], t[1], t[2]))
+    used_m, used_o, tp = set(), set(), 0
+    for agree, i, j in pairs:  # greedy one-to-one matching, most agreeing pairs first
+        if i not in used_m and j not in used_o:
+            used_m.add(i)
+            used_o.add(j)
+            tp += 1 + agree
+    asserted = sum(1 + len(m.stated()) for m in mentions)
+    total = sum(1 + sum(o.get(k) is not None for k in ("color", "size", "position")) for o in objects)
+    precision = tp / asserted if asserted else 0.0
+    recall = tp / total if total else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"precision": precision, "recall": recall, "f1": f1, "mentions": len(mentions),
+            "unmatched": len(mentions) - len(used_m)}
+
+
+_GROUP_RE = re.compile(r"\b(" + "|".join(COLORS) + r")\s+(?:shapes?|objects?|ones?)\b")
+
+
+class RuleJudge:
+    """Deterministic 1–10 scores from the scene's ground truth (``context.jsonl`` rows of the embedded bench).
+
+    Both answers (reference and candidate) are scored by the same rules; the relative score is their ratio.
+
+    **conv** — the fact asked for (``kind`` / ``key``):
+      10 if :func:`~minillava.eval.bench.answer_matches` accepts the answer (``answer_is_correct`` with
+      positions matched longest first); otherwise
+      4 if it is half right: it names the right value among others ("red or blue"), or for a position a wrong
+      cell in the right row or column, or for a relation some but not all of the right directions;
+      2 if it names no value of the asked kind at all (no answer to the question);
+      1 if it names only wrong values.
+      Then 2 points off (never below 1) if the answer names an object that is not in the scene (a shape, with
+      any colour / size it states, that no object has; negated mentions like "no green star" do not count).
+
+    **detail** — fact recall and precision of the description. The scene has, per object, 4 facts: shape,
+      colour, size, position (3×3 grid cell). Each "[size] [colour] <shape>" mention asserts its shape plus the
+      attributes it states, and the position phrase in its sentence. Mentions are matched one-to-one to objects
+      of the same shape (most agreeing first); a matched mention earns its agreeing facts, an unmatched one (a
+      hallucinated object) earns none. precision = earned / asserted, recall = earned / scene facts,
+      score = 1 + 9 × F1. Repeated mentions of the same object ("the red circle" again) count once.
+
+    **complex** — the final answer and the facts used: score = 1 + 6 × [final answer right] + 3 × p, where the
+      final answer is checked by :func:`~minillava.eval.bench.answer_matches` with kind ``reasoning`` (the
+      last number word for a "how many" question, otherwise the yes/no verdict the answer starts with) and p
+      is the fraction of the answer's object mentions (shapes, and colour groups such as "red shapes") that
+      exist in the scene or are named in the question (hypotheticals like "if one more star were added"). An answer that names no object at all gets p = 0: it shows no reasoning.
+    """
+
+    name = "rule"
+    repeats = 1
+
+    def __init__(self):
+        self.stats = {"verdicts": 0}
+
+    def describe(self) -> dict:
+        return {"name": self.name, "repeats": 1}
+
+    def score(self, question: dict, reference: str, candidate: str, context: dict | None, repeat: int = 0) -> Verdict:
+        if context is None or not isinstance(context.get("objects"), list):
+            raise DataError(f"question {question['question_id']}: the rule judge needs a context row with 'objects'")
+        category = question["category"]
+        if category in ("conv", "complex") and not (isinstance(context.get("kind"), str)
+                                                    and isinstance(context.get("key"), str)):
+            raise DataError(f"question {question['question_id']}: context row has no 'kind' / 'key' for {category}")
+        parts = [self.score_answer(category, question["text"], text, context) for text in (reference, candidate)]
+        self.stats["verdicts"] += 1
+        return Verdict(parts[0][0], parts[1][0], f"reference: {parts[0][1]}; candidate: {parts[1][1]}")
+
+    def score_answer(self, category: str, question_text: str, text: str, context: dict) -> tuple[float, str]:
+        """(score 1–10, a short reason) for one answer."""
+        objects = context["objects"]
+        if category == "conv":
+            return self._conv(question_text, text, context["kind"], context["key"], objects)
+        if category == "detail":
+            r = detail_f1(text, objects)
+            return round(1 + 9 * r["f1"], 2), (f"precision {r['precision']:.2f}, recall {r['recall']:.2f}, "
+                                               f"{r['unmatched']} object(s) not in the scene")
+        if category == "complex":
+            return self._complex(question_text, text, context["key"], objects)
+        raise ValueError(f"unknown category {category!r}")
+
+    @staticmethod
+    def _conv(question_text: str, text: str, kind: str, key: str, objects: list[dict]) -> tuple[float, str]:
+        words = " " + _normalise(re.sub(r"[.,?!;:]", " ", text)) + " "
+        if answer_matches(kind, key, question_text, text):
+            score, why = 10, "right"
+        else:
+            if kind == "position":
+                found = _positions_in(words)
+            elif kind == "relation":
+                found = {r for r in _CANDIDATES["relation"] if f" {r} " in words}
+            else:
+                found = {c for c in (_CANDIDATES.get(kind) or set(_CANDIDATES["count"]) | {"yes"})
+                         if f" {c} " in words}
+            half = False
+            if kind == "position" and len(found) == 1:
+                (pos,) = found
+                (r1, c1), (r2, c2) = divmod(POSITIONS.index(pos), 3), divmod(POSITIONS.index(key), 3)
+                half = r1 == r2 or c1 == c2
+            elif kind == "relation":
+                wanted = {r for r in _CANDIDATES["relation"] if r in key}
+                half = bool(found & wanted)
+            elif key in found:
+                half = True
+            score, why = (4, "half right") if half else (2, "no answer") if not found else (1, "wrong")
+        ghosts = [m for m in find_mentions(text) if not _exists(m, objects)]
+        if ghosts:
+            score = max(1, score - 2)
+            why += f", names {len(ghosts)} object(s) not in the scene"
+        return float(score), why
+
+    @staticmethod
+    def _complex(question_text: str, text: str, key: str, objects: list[dict]) -> tuple[float, str]:
+        right = answer_matches("reasoning", key, question_text, text)
+        asked_shapes = {m.shape for m in find_mentions(question_text.replace(" no ", " "))}
+        asked_colors = set(re.findall("|".join(COLORS), question_text.lower()))
+        supported = total = 0
+        for m in find_mentions(text):
+            total += 1
+            supported += _exists(m, objects) or m.shape in asked_shapes
+        norm = _normalise(text)
+        for g in _GROUP_RE.finditer(norm):
+            if _NEGATION.search(norm[:g.start()]):
+                continue
+            total += 1
+            supported += g.group(1) in asked_colors or any(o.get("color") == g.group(1) for o in objects)
+        p = supported / total if total else 0.0
+        score = 1 + 6 * right + 3 * p
+        return round(score, 2), (f"final answer {'right' if right else 'wrong'}, "
+                                 f"{supported}/{total} object mentions grounded")
+
+
+# --- the chat judge ----------------------------------------------------------------------------------------------
+
+JUDGE_SYSTEM_PROMPT = (
+    "You review answers that two AI assistants gave to a user's question about an image. You cannot see the "
+    "image; a text description of it (captions and, when given, object boxes as `category: [x1, y1, x2, y2]` "
+    "in 0-1 coordinates) stands in for it. Judge each answer for helpfulness, relevance, accuracy and level of "
+    "detail, and give each assistant one overall score from 1 to 10, higher meaning better.\n"
+    "Reply in this exact form: the first line holds only the two scores, Assistant 1 first, separated by a "
+    "single space (for example `7 4`). From the second line on, explain the scores briefly. Judge the "
+    "content, not the order in which the answers are shown or their length."
+)
+
+
+def judge_messages(context: str, question: str, reference: str, candidate: str,
+                   system_prompt: str = JUDGE_SYSTEM_PROMPT) -> list[dict]:
+    """[system rubric, user = description + question + assistant 1 (reference) + assistant 2 (candidate)]."""
+    user = (f"[Image description]\n{context}\n\n[Question]\n{question}\n\n"
+            f"[Assistant 1]\n{reference}\n[End of Assistant 1]\n\n"
+            f"[Assistant 2]\n{candidate}\n[End of Assistant 2]")
+    return [{"role": "system", "content": system_prompt}, {"role": "user", "content": user}]
+
+
+_SCORE = r"(10(?:\.0+)?|[1-9](?:\.\d+)?)"
+_VERDICT_LINE = re.compile(rf"^\s*{_SCORE}\s*(?:,\s*|\s+){_SCORE}\s*$")
+
+
+def parse_verdict(text: str) -> Verdict:
+    """The first non-blank line must be exactly two scores in 1–10 ("8 6" or "8, 6"); anything else is
+    rejected with :class:`MalformedVerdict`, never guessed. The rest of the reply is the explanation."""
+    if not isinstance(text, str) or not text.strip():
+        raise MalformedVerdict("empty verdict")
+    first, _, rest = text.strip().partition("\n")
+    m = _VERDICT_LINE.match(first)
+    if not m:
+        raise MalformedVerdict(f"first line is not two scores in 1-10: {first.strip()[:60]!r}")
+    return Verdict(float(m.group(1)), float(m.group(2)), rest.strip())
+
+
+class VerdictCache:
+    """Append-only JSONL of verdicts keyed by a hash; a torn last line (killed mid-write) is cut off."""
+
+    def __init__(self, path: str | Path | None):
+        self.path = Path(path) if path else None
+        self.rows: dict[str, dict] = {}
+        if self.path is None or not self.path.exists():
+            return
+        data = self.path.read_bytes()
+        lines = data.split(b"\n")
+        keep = len(data)
+        if lines and lines[-1].strip():  # no newline at the end: the last write was interrupted
+            try:
+                json.loads(lines[-1])
+                keep = len(data)
+            except ValueError:
+                keep = len(data) - len(lines[-1])
+        if keep < len(data):
+            log.warning("%s: cutting off a truncated last line from an interrupted run", self.path)
+            with open(self.path, "r+b") as f:
+                f.truncate(keep)
+        for lineno, line in enumerate(data[:keep].split(b"\n"), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                self.rows[row["key"]] = row
+            except (ValueError, KeyError, TypeError):
+                raise DataError(f"{self.path}: line {lineno}: not a verdict cache row") from None
+
+    def get(self, key: str) -> dict | None:
+        return self.rows.get(key)
+
+    def put(self, row: dict) -> None:
+        self.rows[row["key"]] = row
+        if self.path is None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "ab") as f:
+            if f.tell() and not self._ends_with_newline():
+                f.write(b"\n")
+            f.write((json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8"))
+            f.flush()
+            os.fsync(f.fileno())
+
+    def _ends_with_newline(self) -> bool:
+        with open(self.path, "rb") as f:
+            f.seek(-1, os.SEEK_END)
+            return f.read(1) == b"\n"
+
+
+class ChatJudge:
+    """The paper's rubric through an OpenAI-compatible endpoint (``client``: a ChatClient, or anything with
+    ``.model`` and ``.complete(messages) -> str``).
+
+    The reference is shown as assistant 1 and the candidate as assistant 2, as in the paper's evaluation.
+    A reply whose first line is not two scores is asked again up to ``max_malformed`` times, then the question
+    counts as failed (:class:`JudgeFailed`); a failed verdict is not cached, so a rerun asks again. Transport
+    errors are retried inside the ChatClient; when it gives up, its ``TeacherError`` ends the run, and the cache
+    lets the next run resume. Each verdict is cached under a hash of (judge model, rubric, context, question,
+    both answers, repeat index), so ``repeats`` > 1 asks k independent times and reruns make no requests.
+    For the paper's setting build the client with a low temperature (the authors used 0.2).
+    """
+
+    name = "chat"
+
+    def __init__(self, client, *, cache_path: str | Path | None = None, repeats: int = 1, max_malformed: int = 2,
+                 system_prompt: str = JUDGE_SYSTEM_PROMPT):
+        if repeats < 1:
+            raise ValueError(f"repeats must be >= 1, got {repeats}")
+        self.client, self.repeats, self.max_malformed = client, repeats, max_malformed
+        self.system_prompt = system_prompt
+        self.cache = VerdictCache(cache_path)
+        self.stats = {"requests": 0, "cache_hits": 0, "malformed": 0, "failed": 0, "verdicts": 0}
+
+    def describe(self) -> dict:
+        return {"name": self.name, "model": getattr(self.client, "model", None), "repeats": self.repeats}
+
+    def cache_key(self, context: str, question: str, reference: str, candidate: str, repeat: int) -> str:
+        payload = [getattr(self.client, "model", None), self.system_prompt, context, question, reference, candidate,
+                   repeat]
+        return hashlib.sha256(json.dumps(payload, ensure_ascii=False).encode("utf-8")).hexdigest()
+
+    def score(self, question: dict, reference: str, candidate: str, context: dict | None, repeat: int = 0) -> Verdict:
+        text = (context or {}).get("context") or "(no description of the image is available)"
+        key = self.cache_key(text, question["text"], reference, candidate, repeat)
+        hit = self.cache.get(key)
+        if hit is not None:
+            self.stats["cache_hits"] += 1
+            return Verdict(*hit["scores"], hit.get("explanation", ""))
+        messages = judge_messages(text, question["text"], reference, candidate, self.system_prompt)
+        reasons = []
+        for attempt in range(self.max_malformed + 1):
+            self.stats["requests"] += 1
+            reply = self.client.complete(messages)
+            try:
+                verdict = parse_verdict(reply)
+                break
+            except MalformedVerdict as e:
+                self.stats["malformed"] += 1
+                reasons.append(str(e))
+                log.warning("question %s: malformed verdict (%s), attempt %d/%d", question["question_id"], e,
+                            attempt + 1, self.max_malformed + 1)
+        else:
+            self.stats["failed"] += 1
+            raise JudgeFailed(f"question {question['question_id']}: no well-formed verdict in "
+                              f"{self.max_malformed + 1} attempts; last: {reasons[-1]}")
+        self.cache.put({"key": key, "model": getattr(self.client, "model", None),
+                        "question_id": question["question_id"], "repeat": repeat,
+                        "scores": [verdict.score_reference, verdict.score_candidate],
+                        "explanation": verdict.explanation})
+        self.stats["verdicts"] += 1
+        return verdict
+
+
+# --- relative scores and whole-file evaluation --------------------------------------------------------------------
+
+def _as_repeats(entry) -> list[tuple[float, float]]:
+    """A per-question entry is one (reference, candidate) pair or a list of them, one per repeat."""
+    if len(entry) == 2 and all(isinstance(v, (int, float)) for v in entry):
+        return [(float(entry[0]), float(entry[1]))]
+    return [(float(r), float(c)) for r, c in entry]
+
+
+def relative_scores(pairs_by_category: dict[str, list]) -> dict[str, dict]:
+    """Relative score per category and over all questions: mean candidate / mean reference × 100.
+
+    ``pairs_by_category`` maps a category to its questions' scores: each a (reference, candidate) pair, or a
+    list of pairs, one per repeat of a stochastic judge. With k repeats the score is computed for each repeat
+    and reported as the mean, with ``sd`` the sample standard deviation over repeats (None for k = 1).
+    "all" pools every question (as the authors' summary script does), so it weights categories by their size.
+    """
+    def summarise(entries: list) -> dict:
+        per_q = [_as_repeats(e) for e in entries]
+        if not per_q:
+            return {"score": None, "sd": None, "reference": None, "candidate": None, "n": 0, "repeats": 0}
+        k = min(len(p) for p in per_q)
+        if any(len(p) != k for p in per_q):
+            raise ValueError("every question needs the same number of repeats")
+        scores, refs, cands = [], [], []
+        for r in range(k):
+            ref = sum(p[r][0] for p in per_q) / len(per_q)
+            cand = sum(p[r][1] for p in per_q) / len(per_q)
+            refs.append(ref)
+            cands.append(cand)
+            scores.append(cand / ref * 100 if ref else float("nan"))
+        return {"score": statistics.fmean(scores), "sd": statistics.stdev(scores) if k > 1 else None,
+                "reference": statistics.fmean(refs), "candidate": statistics.fmean(cands),
+                "n": len(per_q), "repeats": k}
+
+    out = {c: summarise(pairs_by_category[c]) for c in CATEGORIES if c in pairs_by_category}
+    out.update({c: summarise(v) for c, v in pairs_by_category.items() if c not in out and c != "all"})
+    out["all"] = summarise([e for c, v in pairs_by_category.items() if c != "all" for e in v])
+    return out
+
+
+def evaluate_answers(questions_path: str | Path, answers_path: str | Path, judge, references_path: str | Path,
+                     context_path: str | Path | None = None, *, progress: bool = False) -> dict:
+    """Score an answers file (any model's, in LLaVA-Bench format) against the references with ``judge``.
+
+    Every question must have exactly one candidate answer and one reference answer (a DataError says which
+    are missing or unknown). Questions whose verdict failed are listed in ``failed`` and left out of the
+    relative scores. Returns ``{"judge", "model_id", "relative", "per_question", "failed", "stats"}``.
+    """
+    questions = read_questions(questions_path)
+    answers = {str(a["question_id"]): a for a in read_answers(answers_path)}
+    references = {str(a["question_id"]): a for a in read_answers(references_path)}
+    contexts = read_context(context_path) if context_path is not None else {}
+    ids = {str(q["question_id"]) for q in questions}
+    for name, rows, path in (("answers", answers, answers_path), ("references", references, references_path)):
+        missing = [q["question_id"] for q in questions if str(q["question_id"]) not in rows]
+        unknown = sorted(set(rows) - ids)
+        if missing:
+            raise DataError(f"{path}: {name} lack {len(missing)} of {len(questions)} questions "
+                            f"(first missing question_id: {missing[0]!r})")
+        if unknown:
+            raise DataError(f"{path}: {name} for question ids not in {questions_path} (first: {unknown[0]!r})")
+    repeats = getattr(judge, "repeats", 1)
+    per_question, failed = [], []
+    by_category: dict[str, list] = {}
+    iterator = questions
+    if progress:
+        from tqdm.auto import tqdm
+        iterator = tqdm(questions, desc=f"judge ({judge.name})", unit="question")
+    for q in iterator:
+        qid = str(q["question_id"])
+        reference, candidate = references[qid]["text"], answers[qid]["text"]
+        verdicts, reason = [], None
+        for r in range(repeats):
+            try:
+                verdicts.append(judge.score(q, reference, candidate, contexts.get(qid), repeat=r))
+            except JudgeFailed as e:
+                reason = str(e)
+                break
+        row = {"question_id": q["question_id"], "category": q["category"], "image": q["image"],
+               "question": q["text"], "reference": reference, "candidate": candidate}
+        if reason is not None:
+            failed.append(q["question_id"])
+            per_question.append({**row, "failed": True, "reason": reason})
+            continue
+        scores = [[v.score_reference, v.score_candidate] for v in verdicts]
+        by_category.setdefault(q["category"], []).append(scores)
+        per_question.append({**row, "failed": False, "scores": scores,
+                             "score_reference": statistics.fmean(s[0] for s in scores),
+                             "score_candidate": statistics.fmean(s[1] for s in scores),
+                             "explanation": verdicts[0].explanation})
+    model_ids = sorted({a.get("model_id", "unknown") for a in answers.values()})
+    return {"judge": judge.describe(), "model_id": model_ids[0] if len(model_ids) == 1 else model_ids,
+            "relative": relative_scores(by_category), "per_question": per_question, "failed": failed,
+            "stats": dict(judge.stats)}
+
+
+PAPER_TABLE4_FULL = {"conv": 83.1, "detail": 75.3, "complex": 96.5, "all": 85.1}  # LLaVA, full data (Table 4)
+
+
+def format_table(relative: dict, title: str = "ours") -> str:
+    """A markdown table of relative scores (± sd when repeated) beside the paper's full-data LLaVA row."""
+    def cell(d):
+        if d is None or d.get("score") is None:
+            return "–"
+        return f"{d['score']:.1f}" + (f" ± {d['sd']:.1f}" if d.get("sd") is not None else "")
+
+    cols = [c for c in (*CATEGORIES, "all") if c in relative]
+    head = "| | " + " | ".join(c.capitalize() for c in cols) + " |"
+    rule = "|---|" + "---|" * len(cols)
+    ours = f"| {title} | " + " | ".join(cell(relative[c]) for c in cols) + " |"
+    paper = "| paper (LLaVA, full data) | " + " | ".join(str(PAPER_TABLE4_FULL.get(c, "–")) for c in cols) + " |"
+    return "\n".join([head, rule, ours, paper])

@@ -1,0 +1,57 @@
+"""The main job end to end on a miniature budget: every artefact is written and every command works on it."""
+
+import json
+
+import pytest
+
+from minillava.cli import main
+from minillava.quickstart import run_quickstart
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory, backbone_dirs):
+    out = tmp_path_factory.mktemp("quickstart")
+    vision, lm = backbone_dirs
+    metrics = run_quickstart(out, overrides=[f"vision_name={vision}", f"lm_name={lm}", "data_images=60",
+                                             "stage1_steps=3", "stage2_steps=3", "stage1_batch=8", "stage2_batch=8"],
+                             progress=False, log=lambda s: None)
+    return out, metrics
+
+
+def test_metrics_and_report_are_written(quick_run):
+    out, metrics = quick_run
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved == json.loads(json.dumps(metrics))
+    assert set(saved) >= {"accuracy", "baselines", "seconds", "preset", "seed"}
+    assert set(saved["baselines"]) == {"blank_image", "stage1_only", "majority"}
+    assert set(saved["seconds"]) >= {"stage0", "stage1", "stage2", "eval", "total"}
+    assert {"color", "count", "position", "all"} <= set(saved["accuracy"])
+    report = (out / "report.md").read_text()
+    assert "| question kind |" in report and "blank image" in report
+    answers = [json.loads(x) for x in (out / "answers.jsonl").read_text().splitlines()]
+    assert len(answers) == saved["questions"]["all"] > 0  # one row per held-out question
+    assert all({"question", "key", "answer", "correct"} <= set(a) for a in answers)
+
+
+def test_chat_and_export_commands_on_the_trained_model(quick_run, tmp_path, capsys):
+    out, _ = quick_run
+    image = sorted((out / "data" / "images").glob("test_*.png"))[0]
+    assert main(["chat", "--model", str(out / "stage2"), "--image", str(image), "What is at the center?",
+                 "--max-new-tokens", "5"]) == 0
+    from minillava.inference import chat_once
+    from minillava.model.build import load_model
+    model, processor, _ = load_model(out / "stage2")
+    expected = chat_once(model, processor, image, "What is at the center?", max_new_tokens=5)
+    assert capsys.readouterr().out == expected + "\n"
+    assert main(["export", "--model", str(out / "stage2"), "--out", str(tmp_path / "hf")]) == 0
+    assert (tmp_path / "hf" / "config.json").is_file()
+
+
+def test_rerun_reuses_data(quick_run, capsys):
+    out, _ = quick_run
+    stamp = (out / "data" / "settings.json").stat().st_mtime
+    from minillava.config import load_config
+    from minillava.quickstart import prepare_data
+    prepare_data(load_config("tiny", {"data_dir": str(out / "data"), "data_images": 60}), log=print)
+    assert (out / "data" / "settings.json").stat().st_mtime == stamp
+    assert "scenes" not in capsys.readouterr().out
