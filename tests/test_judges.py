@@ -55,7 +55,7 @@ def test_conv_right_answer_high_wrong_answer_low_with_partial_credit():
     assert conv("The circle is blue.", "color", "red") == 1
     assert conv("It is red or blue.", "color", "red") == 4          # hedged
     assert conv("I cannot tell.", "color", "red") == 2              # no answer of the asked kind
-    assert conv("The circle is red, next to a purple hexagon.", "color", "red") == 8  # hallucinated object
+    assert conv("The circle is red, next to a hexagon.", "color", "red") == 8  # hallucinated object
     assert conv("The blue star is at the center.", "position", "center") == 10
     assert conv("The blue star is at the top center.", "position", "center") == 4  # right column
     assert conv("The blue star is at the bottom right.", "position", "center") == 1

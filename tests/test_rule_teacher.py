@@ -8,7 +8,7 @@ import pytest
 from minillava.data.context import box_lines, normalised_box, symbolic_context
 from minillava.data.llava_json import read_llava_json, validate_sample, write_llava_json
 from minillava.data.records import ImageRecord, ObjectRecord
-from minillava.data.shapes import POSITIONS, generate_split
+from minillava.data.shapes import generate_split
 from minillava.data.teachers import describe_scene, generate_rule_instructions, reasoning_question, scene_questions
 
 WORD_TO_N = {"no": 0, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5}

@@ -240,26 +240,36 @@ _CANDIDATES = {
 }
 
 
+def positions_in(words: str) -> set[str]:
+    """Position phrases in ``words``, longest first, so "bottom center" is not also read as "center"."""
+    found = set()
+    for phrase in sorted(POSITIONS, key=len, reverse=True):
+        if f" {phrase} " in words:
+            found.add(phrase)
+            words = words.replace(f" {phrase} ", " | ")
+    return found
+
+
 def answer_is_correct(qa: QA, text: str) -> bool:
     """Exact-match scoring: the answer names the key and no other candidate of the same kind.
 
     "The circle is red." is right for key "red"; "It is red or blue." is wrong. Positions match as whole
-    phrases ("top left" does not also count as "left"); relations must name exactly the key's directions.
+    phrases, longest first ("bottom center" is not also "center"); relations must name exactly the key's
+    directions; a "how many" reasoning answer is judged by its last number word, a yes/no one by its first word.
     """
     words = " " + " ".join(text.lower().replace(".", " ").replace(",", " ").replace("?", " ").split()) + " "
     if qa.kind == "position":
-        found = {p for p in POSITIONS if f" {p} " in words}
-        return found == {qa.key}
+        return positions_in(words) == {qa.key}
     if qa.kind == "relation":
         found = {r for r in _CANDIDATES["relation"] if f" {r} " in words}
         return found == {r for r in _CANDIDATES["relation"] if r in qa.key}
     candidates = _CANDIDATES.get(qa.kind)
-    if candidates is None:  # reasoning: a yes/no verdict comes first, a number comes last (after the steps)
+    if candidates is None:  # reasoning: a number comes last (after the steps), a yes/no verdict comes first
         tokens = words.split()
-        if qa.key in ("yes", "no"):
-            return bool(tokens) and tokens[0] == qa.key
-        numbers = [t for t in tokens if t in _CANDIDATES["count"]]
-        return bool(numbers) and numbers[-1] == qa.key
+        if "how many" in qa.question.lower():
+            numbers = [t for t in tokens if t in _CANDIDATES["count"]]
+            return bool(numbers) and numbers[-1] == qa.key
+        return bool(tokens) and tokens[0] == qa.key
     found = {c for c in candidates if f" {c} " in words}
     if qa.kind == "count" and qa.key == "no":
         return found <= {"no"} and "no" in found

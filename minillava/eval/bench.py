@@ -41,9 +41,7 @@ import torch
 from ..data.context import symbolic_context
 from ..data.prompts import DETAIL_PROMPTS
 from ..data.records import DataError, ImageRecord
-from ..data.shapes import POSITIONS
 from ..data.teachers import QA, answer_is_correct, describe_scene, position, reasoning_question, scene_questions
-from ..data.words import NUMBER_WORDS
 from .accuracy import wilson
 
 CATEGORIES = ("conv", "detail", "complex")
@@ -94,7 +92,8 @@ def _unique_ids(path: Path, rows: list[tuple[int, dict]]) -> None:
     for lineno, row in rows:
         key = str(row["question_id"])
         if key in seen:
-            raise DataError(f"{path}: line {lineno}: field 'question_id' {row['question_id']!r} repeats line {seen[key]}")
+            raise DataError(f"{path}: line {lineno}: field 'question_id' {row['question_id']!r} "
+                            f"repeats line {seen[key]}")
         seen[key] = lineno
 
 
@@ -268,30 +267,8 @@ def make_exact_set(records: list[ImageRecord], n: int = 600, seed: int = 0) -> l
     return rows
 
 
-def _positions_in(words: str) -> set[str]:
-    """Grid positions named in ``words`` (padded with spaces), longest phrase first, so "bottom center" does
-    not also count as "center"."""
-    found = set()
-    for p in sorted(POSITIONS, key=len, reverse=True):
-        if f" {p} " in words:
-            found.add(p)
-            words = words.replace(f" {p} ", " | ")
-    return found
-
-
 def answer_matches(kind: str, key: str, question: str, text: str) -> bool:
-    """Exact-match check of ``text`` against ``key``: :func:`~minillava.data.teachers.answer_is_correct` with
-    two corrections. (1) Positions are matched longest first: ``answer_is_correct`` also finds "center" inside
-    "bottom center" and so marks every right answer for a top/bottom-center cell wrong. (2) A reasoning
-    question that asks "how many" is always checked on its last number word, also when the key is "no"
-    (nothing left), which ``answer_is_correct`` would read as a yes/no verdict.
-    """
-    words = " " + " ".join(text.lower().replace(".", " ").replace(",", " ").replace("?", " ").split()) + " "
-    if kind == "position":
-        return _positions_in(words) == {key}
-    if kind == "reasoning" and "how many" in question.lower():
-        numbers = [t for t in words.split() if t in NUMBER_WORDS]
-        return bool(numbers) and numbers[-1] == key
+    """Exact-match check of ``text`` against ``key`` (:func:`minillava.data.teachers.answer_is_correct`)."""
     return answer_is_correct(QA(question, "", kind, key), text)
 
 

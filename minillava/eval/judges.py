@@ -27,14 +27,15 @@ import logging
 import os
 import re
 import statistics
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..data.chat_teacher import MalformedReply
 from ..data.records import DataError
 from ..data.shapes import COLORS, POSITIONS, SHAPES
 from ..data.teachers import _CANDIDATES
-from .bench import CATEGORIES, _positions_in, answer_matches, read_answers, read_context, read_questions
+from ..data.teachers import positions_in
+from .bench import CATEGORIES, answer_matches, read_answers, read_context, read_questions
 
 log = logging.getLogger(__name__)
 
@@ -239,7 +240,8 @@ class RuleJudge:
       final answer is checked by :func:`~minillava.eval.bench.answer_matches` with kind ``reasoning`` (the
       last number word for a "how many" question, otherwise the yes/no verdict the answer starts with) and p
       is the fraction of the answer's object mentions (shapes, and colour groups such as "red shapes") that
-      exist in the scene or are named in the question (hypotheticals like "if one more star were added"). An answer that names no object at all gets p = 0: it shows no reasoning.
+      exist in the scene or are named in the question (hypotheticals like "if one more star were added").
+      An answer that names no object at all gets p = 0: it shows no reasoning.
     """
 
     name = "rule"
@@ -282,7 +284,7 @@ class RuleJudge:
             score, why = 10, "right"
         else:
             if kind == "position":
-                found = _positions_in(words)
+                found = positions_in(words)
             elif kind == "relation":
                 found = {r for r in _CANDIDATES["relation"] if f" {r} " in words}
             else:
@@ -299,7 +301,8 @@ class RuleJudge:
             elif key in found:
                 half = True
             score, why = (4, "half right") if half else (2, "no answer") if not found else (1, "wrong")
-        ghosts = [m for m in find_mentions(text) if not _exists(m, objects)]
+        vocab = sorted(set(SHAPES) | {o["category"] for o in objects})
+        ghosts = [m for m in find_mentions(text, vocab) if not _exists(m, objects)]
         if ghosts:
             score = max(1, score - 2)
             why += f", names {len(ghosts)} object(s) not in the scene"
@@ -308,10 +311,11 @@ class RuleJudge:
     @staticmethod
     def _complex(question_text: str, text: str, key: str, objects: list[dict]) -> tuple[float, str]:
         right = answer_matches("reasoning", key, question_text, text)
-        asked_shapes = {m.shape for m in find_mentions(question_text.replace(" no ", " "))}
+        vocab = sorted(set(SHAPES) | {o["category"] for o in objects})
+        asked_shapes = {m.shape for m in find_mentions(question_text.replace(" no ", " "), vocab)}
         asked_colors = set(re.findall("|".join(COLORS), question_text.lower()))
         supported = total = 0
-        for m in find_mentions(text):
+        for m in find_mentions(text, vocab):
             total += 1
             supported += _exists(m, objects) or m.shape in asked_shapes
         norm = _normalise(text)
@@ -458,11 +462,10 @@ class ChatJudge:
         reasons = []
         for attempt in range(self.max_malformed + 1):
             self.stats["requests"] += 1
-            reply = self.client.complete(messages)
             try:
-                verdict = parse_verdict(reply)
+                verdict = parse_verdict(self.client.complete(messages))
                 break
-            except MalformedVerdict as e:
+            except MalformedReply as e:  # a malformed verdict, or a body that is not a chat completion
                 self.stats["malformed"] += 1
                 reasons.append(str(e))
                 log.warning("question %s: malformed verdict (%s), attempt %d/%d", question["question_id"], e,
@@ -509,7 +512,10 @@ def relative_scores(pairs_by_category: dict[str, list]) -> dict[str, dict]:
             cand = sum(p[r][1] for p in per_q) / len(per_q)
             refs.append(ref)
             cands.append(cand)
-            scores.append(cand / ref * 100 if ref else float("nan"))
+            scores.append(cand / ref * 100 if ref else None)
+        if any(v is None for v in scores):  # a reference scored 0 everywhere: no ratio to report
+            return {"score": None, "sd": None, "reference": statistics.fmean(refs),
+                    "candidate": statistics.fmean(cands), "n": len(per_q), "repeats": k}
         return {"score": statistics.fmean(scores), "sd": statistics.stdev(scores) if k > 1 else None,
                 "reference": statistics.fmean(refs), "candidate": statistics.fmean(cands),
                 "n": len(per_q), "repeats": k}
@@ -543,7 +549,7 @@ def evaluate_answers(questions_path: str | Path, answers_path: str | Path, judge
             raise DataError(f"{path}: {name} for question ids not in {questions_path} (first: {unknown[0]!r})")
     repeats = getattr(judge, "repeats", 1)
     per_question, failed = [], []
-    by_category: dict[str, list] = {}
+    by_category: dict[str, list] = {c: [] for c in CATEGORIES if any(q["category"] == c for q in questions)}
     iterator = questions
     if progress:
         from tqdm.auto import tqdm
