@@ -130,6 +130,47 @@ def _export(args: argparse.Namespace) -> None:
     print(f"exported to {export_model(args.model, args.out)}")
 
 
+def _data_bench(args: argparse.Namespace) -> None:
+    from .data.records import load_split
+    from .eval.bench import make_embedded_bench
+
+    paths = make_embedded_bench(load_split(args.coco, args.split), args.out, n_images=args.images, seed=args.seed,
+                                image_root=args.coco / "images")
+    print(json.dumps({k: str(v) for k, v in paths.items()}, indent=1))
+
+
+def _eval(args: argparse.Namespace) -> None:
+    from .eval.bench import answer_bench, read_questions, write_answers
+    from .eval.judges import ChatJudge, RuleJudge, evaluate_answers, format_table
+
+    bench_dir = args.bench.parent
+    answers = args.answers
+    if answers is None:
+        if args.model is None:
+            raise ValueError("give --model to answer the benchmark, or --answers with answers made elsewhere")
+        from .model.build import load_model
+
+        model, processor, cfg = load_model(args.model)
+        rows = answer_bench(model, processor, read_questions(args.bench), bench_dir, model_id=str(args.model),
+                            template=cfg.stage2_template)
+        answers = write_answers(args.out.with_name(args.out.stem + "_answers.jsonl"), rows)
+    if args.judge == "rule":
+        judge = RuleJudge()
+    else:
+        from .data.chat_teacher import ChatClient
+
+        if not args.base_url or not args.judge_model:
+            raise ValueError("--judge chat needs --base-url and --judge-model (the key is read from --api-key-env)")
+        client = ChatClient(args.base_url, args.judge_model, api_key_env=args.api_key_env, temperature=0.2)
+        judge = ChatJudge(client, cache_path=args.out.with_name(args.out.stem + "_verdicts.jsonl"),
+                          repeats=args.repeats)
+    result = evaluate_answers(args.bench, answers, judge, bench_dir / "references.jsonl",
+                              bench_dir / "context.jsonl")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1))
+    print(format_table(result["relative"], title=str(args.model or answers)))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="minillava", description="An annotated, runnable LLaVA (Visual Instruction Tuning, NeurIPS 2023).",
@@ -203,11 +244,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     p.set_defaults(func=_chat)
 
+    p = commands.add_parser("eval", help="LLaVA-Bench-style relative scores per category (§5)",
+                            epilog="example: minillava eval --model runs/quickstart/stage2 "
+                                   "--bench runs/bench/questions.jsonl --judge rule")
+    p.add_argument("--model", type=Path, help="a model directory to answer the questions with")
+    p.add_argument("--bench", type=Path, required=True, help="questions.jsonl (references.jsonl, context.jsonl beside it)")
+    p.add_argument("--judge", choices=["rule", "chat"], default="rule")
+    p.add_argument("--answers", type=Path, help="score an answers file made elsewhere instead of running --model")
+    p.add_argument("--out", type=Path, default=Path("runs/eval/result.json"))
+    p.add_argument("--base-url", help="chat judge: an OpenAI-compatible endpoint")
+    p.add_argument("--judge-model", help="chat judge: model name")
+    p.add_argument("--api-key-env", default="OPENAI_API_KEY")
+    p.add_argument("--repeats", type=int, default=1, help="chat judge: judge each pair k times (mean ± sd)")
+    p.set_defaults(func=_eval)
+
     p = commands.add_parser("export", help="write transformers LlavaForConditionalGeneration format",
                             epilog="example: minillava export --model runs/quickstart/stage2 --out hf_llava")
     p.add_argument("--model", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(func=_export)
+
+    p = data_cmds.add_parser("bench", help="an embedded LLaVA-Bench: 30 held-out images × 3 categories",
+                             epilog="example: minillava data bench --coco data/shapes --split test --out runs/bench")
+    p.add_argument("--coco", type=Path, required=True)
+    p.add_argument("--split", default="test")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--images", type=int, default=30)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_data_bench)
 
     p = data_cmds.add_parser("stats", help="counts per type, turns and lengths of a LLaVA JSON file")
     p.add_argument("file", type=Path)
