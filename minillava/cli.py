@@ -124,6 +124,13 @@ def _chat(args: argparse.Namespace) -> None:
         history.append((question, reply))
 
 
+def _figures(args: argparse.Namespace) -> None:
+    from .viz.figures import make_figures
+
+    measured = make_figures(args.model, args.out)
+    print(json.dumps({k: v for k, v in measured.items() if k != "modality_gap"}, indent=1))
+
+
 def _export(args: argparse.Namespace) -> None:
     from .model.export import export_model
 
@@ -257,6 +264,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--api-key-env", default="OPENAI_API_KEY")
     p.add_argument("--repeats", type=int, default=1, help="chat judge: judge each pair k times (mean ± sd)")
     p.set_defaults(func=_eval)
+
+    p = commands.add_parser("figures", help="every figure (loss, attention, projector) from a quickstart model",
+                            epilog="example: minillava figures --model runs/quickstart/stage2 --out figures/")
+    p.add_argument("--model", type=Path, required=True, help="a stage-2 model directory of a quickstart run")
+    p.add_argument("--out", type=Path, default=Path("figures"))
+    p.set_defaults(func=_figures)
 
     p = commands.add_parser("export", help="write transformers LlavaForConditionalGeneration format",
                             epilog="example: minillava export --model runs/quickstart/stage2 --out hf_llava")

@@ -40,7 +40,7 @@ def run_quickstart(out_dir: str | Path = "runs/quickstart", *, from_scratch: boo
                    overrides: list[str] | None = None, progress: bool = True, log=print) -> dict:
     from .eval.accuracy import evaluate_exact, heldout_questions
 
-    out_dir = Path(out_dir)
+    out_dir = Path(out_dir).resolve()  # model directories record data_dir; keep it valid from any cwd
     overrides = [f"data_dir={out_dir / 'data'}", *(overrides or [])]
     cfg = load_config(preset, overrides)
     seconds: dict[str, float] = {}
@@ -80,6 +80,11 @@ def run_quickstart(out_dir: str | Path = "runs/quickstart", *, from_scratch: boo
     blank = evaluate_exact(model, processor, rows, data_dir, blank_image=True)
     relative = bench_relative_scores(model, processor, test_records, data_dir, out_dir / "bench", cfg)
     seconds["eval"] += time.perf_counter() - t
+
+    t = time.perf_counter()
+    from .viz.figures import make_figures
+    measured = make_figures(out_dir / "stage2", out_dir / "figures")
+    seconds["figures"] = time.perf_counter() - t
     seconds["total"] = time.perf_counter() - t_total
 
     per_kind = final["per_kind"]
@@ -95,6 +100,9 @@ def run_quickstart(out_dir: str | Path = "runs/quickstart", *, from_scratch: boo
                       "majority": {k: v["majority"] for k, v in per_kind.items() if k != "all"}},
         "loss": {"stage1": [s1["first_loss"], s1["last_loss"]], "stage2": [s2["first_loss"], s2["last_loss"]]},
         "parameters": parameter_counts(model),
+        "grounding": {"attention_focus": measured["attention_focus"],
+                      "nearest_word_after_stage1": measured["nearest_word_after_stage1"],
+                      "nearest_word_after_stage2": measured["nearest_word_after_stage2"]},
         "seconds": {k: round(v, 1) for k, v in seconds.items()},
         "model": str(out_dir / "stage2"),
     }
@@ -145,6 +153,14 @@ def report(metrics: dict) -> str:
                   "—" if rel.get(k) is None else f"{rel[k]:.1f}" for k in ("conv", "detail", "complex", "all")) + " |",
               "| LLaVA 13B (paper, GPT-4 judge) | 83.1 | 75.3 | 96.5 | 85.1 |"]
     lines += ["", "| stage | seconds |", "|---|---|"] + [f"| {k} | {v} |" for k, v in metrics["seconds"].items()]
+    g = metrics.get("grounding")
+    if g:
+        focus, s1, s2 = g["attention_focus"], g["nearest_word_after_stage1"], g["nearest_word_after_stage2"]
+        fmt = lambda v: "—" if v is None else f"{v:.2f}"  # noqa: E731
+        lines += ["", f"Grounding: answer tokens that name a colour put {fmt(focus['mean_ratio'])}× the uniform share "
+                      f"of attention on the asked object's patch ({focus['n_tokens']} tokens). The nearest colour/shape "
+                      f"word to an object's projected patch names its colour or shape for {fmt(s1['rate'])} of "
+                      f"{s1['n_objects']} objects after stage 1 and {fmt(s2['rate'])} after stage 2."]
     p = metrics["parameters"]
     lines += ["", f"Parameters: vision {p['vision']:,} (frozen), projector {p['projector']:,}, LM {p['lm']:,}."]
     return "\n".join(lines) + "\n"

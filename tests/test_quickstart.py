@@ -55,3 +55,34 @@ def test_rerun_reuses_data(quick_run, capsys):
     prepare_data(load_config("tiny", {"data_dir": str(out / "data"), "data_images": 60}), log=print)
     assert (out / "data" / "settings.json").stat().st_mtime == stamp
     assert "scenes" not in capsys.readouterr().out
+
+
+def test_interactive_chat_keeps_the_conversation(quick_run, monkeypatch, capsys):
+    """Without QUESTION, chat reads questions until an empty line; later turns see the earlier ones."""
+    import minillava.inference as inference
+
+    out, _ = quick_run
+    image = sorted((out / "data" / "images").glob("test_*.png"))[0]
+    questions = iter(["How many shapes are there?", "What is at the center?", ""])
+    monkeypatch.setattr("builtins.input", lambda prompt="": next(questions))
+    seen_histories = []
+    original = inference.answer_batch
+
+    def spy(model, questions, **kwargs):
+        seen_histories.append([list(h) for h in kwargs.get("history") or [[]]])
+        return original(model, questions, **kwargs)
+    monkeypatch.setattr(inference, "answer_batch", spy)
+    assert main(["chat", "--model", str(out / "stage2"), "--image", str(image), "--max-new-tokens", "4"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("minillava> ") == 2
+    assert seen_histories[0] == [[]] and seen_histories[1][0][0][0] == "How many shapes are there?"
+
+
+def test_figures_are_drawn_and_grounding_is_measured(quick_run):
+    out, metrics = quick_run
+    for name in ("loss_curves.png", "attention.png", "nearest_words.png", "projector.png"):
+        assert (out / "figures" / name).stat().st_size > 10_000
+    measured = json.loads((out / "figures" / "measured.json").read_text())
+    assert set(measured["modality_gap"]) == {"before stage 1", "after stage 1", "after stage 2"}
+    rate = metrics["grounding"]["nearest_word_after_stage1"]
+    assert rate["n_objects"] > 0 and 0 <= rate["rate"] <= 1

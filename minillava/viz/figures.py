@@ -1,0 +1,157 @@
+"""`minillava figures --model DIR --out figures/`: every figure the README and notebooks show, from one model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+from ..data.records import image_path, load_split  # noqa: E402
+from ..data.shapes import COLORS, GRID, SHAPES  # noqa: E402
+from ..data.teachers import position  # noqa: E402
+from ..inference import pixels_for  # noqa: E402
+from .attention import aggregate, answer_attention, draw_heatmap, object_attention_ratio, vision_cls_attention  # noqa: E402
+from .projector import modality_gap, nearest_words, pca_map, projector_spectrum  # noqa: E402
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def loss_curves(run_dir: Path, out: Path) -> Path:
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3))
+    for ax, stage in zip(axes, ("stage1", "stage2")):
+        log = [json.loads(x) for x in (run_dir / stage / "log.jsonl").read_text().splitlines()]
+        ax.plot([r["step"] for r in log], [r["loss"] for r in log], label="train")
+        val = [(r["step"], r["val_loss"]) for r in log if "val_loss" in r]
+        if val:
+            ax.plot(*zip(*val), "o-", label="held-out")
+        ax.set_yscale("log"), ax.set_xlabel("optimiser step"), ax.set_ylabel("answer-token loss (nats)")
+        ax.set_title(f"{stage[:-1]} {stage[-1]}: " + ("only W trains" if stage == "stage1" else "W and the LM train"))
+        ax.legend()
+    return _save(fig, out / "loss_curves.png")
+
+
+def object_patch(record, obj) -> int:
+    """The patch index of an embedded-scene object (one object per grid cell = one patch in the tiny preset)."""
+    from ..data.shapes import POSITIONS
+    return POSITIONS.index(position(obj, record))
+
+
+def attention_figure(model, processor, data_dir: Path, out: Path, n_scenes: int = 3) -> Path:
+    """Heatmaps of answer → patch attention (mean, rollout) and the vision tower's CLS attention, per scene."""
+    records = sorted(load_split(data_dir, "test"), key=lambda r: -len(r.objects))[:n_scenes]  # busiest scenes
+    fig, axes = plt.subplots(len(records), 3, figsize=(10, 3.2 * len(records)), squeeze=False)
+    for row, record in zip(axes, records):
+        obj = record.objects[0]
+        pixels = pixels_for(processor, [image_path(data_dir, record)])
+        z = model.image_features(pixels)[0]
+        result = answer_attention(model, z, f"What color is the shape at the {position(obj, record)}?")
+        image = plt.imread(image_path(data_dir, record))
+        draw_heatmap(row[0], image, aggregate(result, "mean").mean(0), f"LM, mean over layers/heads\n"
+                                                                         f"answer: {result['text']}")
+        draw_heatmap(row[1], image, aggregate(result, "rollout").mean(0), "LM, attention rollout")
+        grid_cls = vision_cls_attention(model.vision, pixels)[0]
+        draw_heatmap(row[2], image, grid_cls, "vision tower: CLS → patches")
+    return _save(fig, out / "attention.png")
+
+
+def grounding_ratio(model, processor, data_dir: Path, n_scenes: int = 60) -> dict:
+    """Answer tokens that name an object's colour: attention on that object's patch ÷ uniform share (mean)."""
+    ratios = []
+    for record in [r for r in load_split(data_dir, "test") if len(r.objects) >= 2][:n_scenes]:
+        obj = record.objects[0]
+        z = model.image_features(pixels_for(processor, [image_path(data_dir, record)]))[0]
+        result = answer_attention(model, z, f"What color is the shape at the {position(obj, record)}?")
+        weights = aggregate(result, "mean")  # (A, N)
+        for k, token in enumerate(result["tokens"]):
+            if token.strip() == obj.color:
+                ratios.append(object_attention_ratio(weights[k], [object_patch(record, obj)]))
+    return {"mean_ratio": sum(ratios) / len(ratios) if ratios else None, "n_tokens": len(ratios)}
+
+
+def nearest_word_rate(model, processor, data_dir: Path, n_scenes: int = 100) -> dict:
+    """How often an object patch's nearest colour/shape word (cosine) names its true colour or shape."""
+    hits = total = 0
+    for record in load_split(data_dir, "test")[:n_scenes]:
+        z = model.image_features(pixels_for(processor, [image_path(data_dir, record)]))[0]
+        words = nearest_words(model, z, k=1, vocabulary=list(COLORS) + list(SHAPES))
+        for obj in record.objects:
+            guess = words[object_patch(record, obj)][0]
+            hits += guess in (obj.color, obj.category)
+            total += 1
+    return {"rate": hits / total if total else None, "n_objects": total}
+
+
+def nearest_word_figure(model, processor, data_dir: Path, out: Path) -> Path:
+    record = max(load_split(data_dir, "test"), key=lambda r: len(r.objects))
+    z = model.image_features(pixels_for(processor, [image_path(data_dir, record)]))[0]
+    words = nearest_words(model, z, k=2, vocabulary=list(COLORS) + list(SHAPES))
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    image = plt.imread(image_path(data_dir, record))
+    ax.imshow(image)
+    cell = image.shape[0] / GRID
+    for n, ws in enumerate(words):
+        r, c = divmod(n, GRID)
+        ax.text((c + 0.5) * cell, (r + 0.85) * cell, " / ".join(ws), ha="center", fontsize=8,
+                bbox=dict(facecolor="white", alpha=0.8, edgecolor="none"))
+    ax.set_title("nearest colour/shape word to each projected patch token")
+    ax.set_xticks([]), ax.set_yticks([])
+    return _save(fig, out / "nearest_words.png")
+
+
+def projector_figure(models: dict, processor, data_dir: Path, out: Path) -> tuple[Path, dict]:
+    """Modality gap before stage 1 / after stage 1 / after stage 2; PCA map; singular values; norms."""
+    records = load_split(data_dir, "test")[:32]
+    pixels = pixels_for(processor, [image_path(data_dir, r) for r in records])
+    stats = {}
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    for name, model in models.items():
+        z = model.image_features(pixels)
+        stats[name] = modality_gap(model, z)
+        for i, s in enumerate(projector_spectrum(model)):
+            axes[2].semilogy(s.numpy(), label=f"{name}, layer {i + 1}")
+    names = list(stats)
+    axes[0].bar([n.replace(" ", "\n") for n in names], [stats[n]["mean_best_cosine"] for n in names])
+    axes[0].set_ylabel("mean best cosine to a word"), axes[0].set_title("image tokens vs word embeddings")
+    final = models[names[-1]]
+    xy = pca_map(final, final.image_features(pixels))
+    axes[1].scatter(*xy["words"].T, s=4, alpha=0.4, label="word embeddings")
+    axes[1].scatter(*xy["image"].T, s=4, alpha=0.4, label=f"image tokens ({names[-1]})")
+    axes[1].set_xlabel("PC 1"), axes[1].set_ylabel("PC 2"), axes[1].set_title("PCA of both"), axes[1].legend(fontsize=7)
+    axes[2].set_xlabel("index"), axes[2].set_ylabel("singular value"), axes[2].set_title("spectrum of W")
+    axes[2].legend(fontsize=7)
+    return _save(fig, out / "projector.png"), stats
+
+
+def make_figures(model_dir: str | Path, out_dir: str | Path) -> dict:
+    """All figures for a quickstart run (``model_dir`` = its stage2 directory); returns the measured properties."""
+    from ..model.build import build_model, load_model
+
+    model_dir, out = Path(model_dir), Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    run_dir = model_dir.parent
+    model, processor, cfg = load_model(model_dir)
+    data_dir = Path(cfg.data_dir)
+    stage1, _, _ = load_model(run_dir / "stage1")
+    untrained, _ = build_model(cfg)
+    torch.manual_seed(0)
+    paths = [loss_curves(run_dir, out), attention_figure(model, processor, data_dir, out),
+             nearest_word_figure(stage1, processor, data_dir, out)]
+    path, gap = projector_figure({"before stage 1": untrained, "after stage 1": stage1, "after stage 2": model},
+                                 processor, data_dir, out)
+    paths.append(path)
+    measured = {"attention_focus": grounding_ratio(model, processor, data_dir),
+                "nearest_word_after_stage1": nearest_word_rate(stage1, processor, data_dir),
+                "nearest_word_after_stage2": nearest_word_rate(model, processor, data_dir),
+                "modality_gap": gap, "figures": [str(p) for p in paths]}
+    (out / "measured.json").write_text(json.dumps(measured, indent=1))
+    return measured

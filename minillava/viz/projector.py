@@ -1,0 +1,80 @@
+"""What the projection W learns: visual tokens seen through the LM's vocabulary (§4.2, stage 1).
+
+Stage 1 turns W into "a compatible visual tokenizer for the frozen LLM" (§4.2). Four ways to look at it:
+(a) each projected patch token's nearest word embeddings, and the LM head's top tokens at that position;
+(b) cosine similarity between image tokens and word embeddings (the modality gap);
+(c) a 2-D PCA map of image tokens and word embeddings;
+(d) the projector's singular values and output norms against word-embedding norms.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+@torch.no_grad()
+def nearest_words(model, image_features: torch.Tensor, k: int = 3, vocabulary: list[str] | None = None) -> list[list[str]]:
+    """For each of the N projected tokens of one image (N, Dv): the k words whose embeddings are closest (cosine).
+
+    ``vocabulary`` restricts the candidates to those words (each must be one token, e.g. colour and shape names).
+    """
+    h = model.project(image_features)  # (N, D)
+    table = model.lm.get_input_embeddings().weight  # (V, D)
+    ids = torch.arange(table.shape[0])
+    if vocabulary is not None:
+        ids = torch.tensor([single_token_id(model.tokenizer, w) for w in vocabulary])
+    sims = F.normalize(h, dim=-1) @ F.normalize(table[ids], dim=-1).T  # (N, |ids|)
+    top = sims.topk(min(k, len(ids)), dim=-1).indices
+    return [[model.tokenizer.decode([int(ids[j])]).strip() for j in row] for row in top]
+
+
+def single_token_id(tokenizer, word: str) -> int:
+    """The id of ``word`` as it appears after a space (" red"); it must be a single token."""
+    ids = tokenizer(" " + word, add_special_tokens=False)["input_ids"]
+    if len(ids) != 1:
+        raise ValueError(f"{word!r} is {len(ids)} tokens for this tokenizer; pick single-token words")
+    return ids[0]
+
+
+@torch.no_grad()
+def lm_head_words(model, image_features: torch.Tensor, k: int = 3) -> list[list[str]]:
+    """What the LM would say next at each image position: top-k tokens of the LM head there, (N × k)."""
+    from ..conversation import get_template, prompt_ids
+
+    ids = prompt_ids("<image>\n", model.tokenizer, get_template("vicuna_v1"), image_tokens=model.num_image_tokens)[None]
+    logits = model.logits(ids, image_features=image_features[None])[0]  # (T, V)
+    rows = (ids[0] == model.image_token_id).nonzero().squeeze(-1)
+    top = logits[rows].topk(k, dim=-1).indices
+    return [[model.tokenizer.decode([int(t)]).strip() for t in row] for row in top]
+
+
+@torch.no_grad()
+def modality_gap(model, image_features: torch.Tensor) -> dict[str, float]:
+    """Cosine statistics of image tokens (B·N, D) against word embeddings, and their norms."""
+    h = model.project(image_features).flatten(0, -2)
+    words = model.lm.get_input_embeddings().weight
+    cos = F.normalize(h, dim=-1) @ F.normalize(words, dim=-1).T
+    centre = F.cosine_similarity(h.mean(0), words.mean(0), dim=0)
+    return {"mean_best_cosine": cos.max(-1).values.mean().item(), "mean_cosine": cos.mean().item(),
+            "centroid_cosine": centre.item(), "image_token_norm": h.norm(dim=-1).mean().item(),
+            "word_norm": words.norm(dim=-1).mean().item()}
+
+
+@torch.no_grad()
+def pca_map(model, image_features: torch.Tensor, n_words: int | None = None) -> dict[str, torch.Tensor]:
+    """Project image tokens and word embeddings onto the first two principal components of both together."""
+    h = model.project(image_features).flatten(0, -2)
+    words = model.lm.get_input_embeddings().weight[:n_words]
+    both = torch.cat([h, words]).float()
+    centred = both - both.mean(0)
+    _, _, v = torch.pca_lowrank(centred, q=2, center=False)
+    xy = centred @ v[:, :2]
+    return {"image": xy[:len(h)], "words": xy[len(h):]}
+
+
+@torch.no_grad()
+def projector_spectrum(model) -> list[torch.Tensor]:
+    """Singular values of each linear layer of W (one for linear, two for mlp2x_gelu)."""
+    layers = [m for m in model.projector.modules() if isinstance(m, torch.nn.Linear)]
+    return [torch.linalg.svdvals(layer.weight.float()) for layer in layers]
