@@ -40,12 +40,12 @@ class Config:
     cache_features: bool = True          # the tower is frozen: compute Z_v once per image
     init_from: str = ""                  # a model directory whose trained parts start this run (stage 1 → 2)
     # stage 1: feature alignment (§4.2)
-    stage1_steps: int = 300
+    stage1_steps: int = 200
     stage1_batch: int = 64
     stage1_lr: float = 2e-3
     stage1_template: str = "plain"
     # stage 2: end-to-end instruction tuning (§4.2)
-    stage2_steps: int = 1500
+    stage2_steps: int = 800
     stage2_batch: int = 32
     stage2_lr: float = 1e-3
     stage2_template: str = "vicuna_v1"
@@ -58,7 +58,7 @@ class Config:
     group_by_length: int = 16           # batches per length-sorted mega-batch (0 = plain shuffling)
     bf16: bool = True                    # autocast on CUDA only; CPU runs in fp32
     log_every: int = 25
-    eval_every: int = 0                  # 0 = only at the end
+    eval_every: int = 200                # held-out loss every N steps (0 = never)
     save_every: int = 250
     keep_checkpoints: int = 2
     device: str = "auto"

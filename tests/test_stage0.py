@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from minillava.model.backbones import TINY_DIR, load_lm, load_vision
-from minillava.stage0 import Stage0Config, run_stage0, shipped_file_hashes, twin
+from minillava.stage0 import Stage0Config, probe_features, run_stage0, shipped_file_hashes, text_qa_accuracy, twin
 from minillava.data.shapes import generate_split
 
 
@@ -41,13 +41,22 @@ def test_shipped_weights_match_the_recipe():
 
 
 @pytest.mark.skipif(not (TINY_DIR / "recipe.json").is_file(), reason="no shipped tiny backbones in this checkout")
-def test_shipped_backbones_have_the_skills_llava_assumes():
-    """Recorded at shipping time: probes read colour/shape/size per cell; the LM answers from a scene in words."""
-    recipe = json.loads((TINY_DIR / "recipe.json").read_text())
-    probes = recipe["probes"]
-    for task in ("color", "shape", "size"):
-        assert probes[task] > probes[f"{task}_majority"] + 0.3, (task, probes)
-    for kind, row in recipe["text_qa"].items():
-        assert row["accuracy"] > row["majority"], (kind, row)
+def test_shipped_vision_features_encode_colour_shape_size():
+    """Re-measured here: linear probes on the frozen penultimate-layer patch features, held-out layouts."""
     vision, _ = load_vision("tiny")
-    assert vision.dtype == torch.float32
+    probes = probe_features(vision, generate_split(600, "train", seed=77), generate_split(200, "val", seed=77), 96)
+    for task in ("color", "shape", "size", "occupied"):
+        assert probes[task] > probes[f"{task}_majority"] + 0.2, (task, probes)
+
+
+@pytest.mark.skipif(not (TINY_DIR / "recipe.json").is_file(), reason="no shipped tiny backbones in this checkout")
+def test_shipped_chat_lm_answers_from_a_scene_in_words():
+    """Re-measured here: text-only QA about held-out scenes described in words, against the majority answer.
+
+    The shipped LM reads colour, count and shape from the description well above the majority answer; it does
+    not reliably bind size, existence or relations (see recipe.json) — stage 2 has to teach those.
+    """
+    lm, tokenizer = load_lm("tiny")
+    result = text_qa_accuracy(lm, tokenizer, generate_split(80, "val", seed=78), max_questions=240)
+    for kind in ("color", "count", "shape"):
+        assert result[kind]["accuracy"] > result[kind]["majority"] + 0.15, (kind, result[kind])
