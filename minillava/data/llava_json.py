@@ -17,7 +17,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from .records import DataError
+from .records import DataError, read_utf8
 
 IMAGE_TOKEN = "<image>"
 RESPONSE_TYPES = ("conv", "detail", "complex")
@@ -67,12 +67,7 @@ def validate_sample(sample: object, where: str) -> None:
 def read_llava_json(path: str | Path, *, skip_bad: bool = False, skipped: list[str] | None = None) -> list[dict]:
     """Load and validate a LLaVA JSON file (a list of samples). ``.jsonl`` (one sample per line) also works."""
     path = Path(path)
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not UTF-8 text (byte {e.start})") from None
+    text = read_utf8(path)
     if path.suffix == ".jsonl":
         samples = []
         for lineno, line in enumerate(text.splitlines(), 1):

@@ -60,13 +60,18 @@ def image_path(root: str | Path, record: ImageRecord) -> Path:
     return Path(root) / "images" / record.file_name
 
 
-def _read_json(path: Path) -> dict:
+def read_utf8(path: Path) -> str:
+    """The file's text; a missing file or non-UTF-8 bytes are a one-line DataError naming it."""
     try:
-        text = path.read_bytes().decode("utf-8")
+        return path.read_bytes().decode("utf-8")
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not UTF-8 text (byte {e.start})") from None
+
+
+def _read_json(path: Path) -> dict:
+    text = read_utf8(path)
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:

@@ -40,7 +40,7 @@ import torch
 
 from ..data.context import symbolic_context
 from ..data.prompts import DETAIL_PROMPTS
-from ..data.records import DataError, ImageRecord
+from ..data.records import DataError, ImageRecord, read_utf8
 from ..data.teachers import QA, answer_is_correct, describe_scene, position, reasoning_question, scene_questions
 from .accuracy import wilson
 
@@ -58,12 +58,7 @@ CONV_KIND_ORDER = ("count", "color", "position", "shape", "exists", "size", "rel
 def read_jsonl(path: str | Path) -> list[tuple[int, dict]]:
     """(line number, object) for every non-blank line; a bad line is a one-line DataError."""
     path = Path(path)
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not UTF-8 text (byte {e.start})") from None
+    text = read_utf8(path)
     rows = []
     for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip():
