@@ -201,7 +201,7 @@ def train_stage(model, dataset: InstructDataset, cfg: Config, stage: int, out_di
 
     def log(message: str) -> None:
         if rank == 0:
-            tqdm.write(message) if progress else None
+            tqdm.write(message)
 
     start_step = 0
     if resume and (found := latest_good_checkpoint(out_dir, log)):
