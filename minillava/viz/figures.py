@@ -5,18 +5,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt  # without a display matplotlib picks a file backend; figures are closed after saving
+import torch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-
-from ..data.records import image_path, load_split  # noqa: E402
-from ..data.shapes import COLORS, GRID, SHAPES  # noqa: E402
-from ..data.teachers import position  # noqa: E402
-from ..inference import pixels_for  # noqa: E402
-from .attention import aggregate, answer_attention, draw_heatmap, object_attention_ratio, vision_cls_attention  # noqa: E402
-from .projector import modality_gap, nearest_words, pca_map, projector_spectrum  # noqa: E402
+from ..data.records import image_path, load_split
+from ..data.shapes import COLORS, GRID, SHAPES
+from ..data.teachers import position
+from ..inference import pixels_for
+from .attention import aggregate, answer_attention, draw_heatmap, object_attention_ratio, vision_cls_attention
+from .projector import modality_gap, nearest_words, pca_map, projector_spectrum
 
 
 def _save(fig, path: Path) -> Path:
