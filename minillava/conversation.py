@@ -98,7 +98,8 @@ def tokenize_conversation(sample: dict, tokenizer, template: Template, *, image_
         at = next((i for i, (a, b) in enumerate(zip(ids[start:], whole)) if a != b), min(len(whole), len(ids) - start))
         raise TokenizationMismatch(
             f"sample {sample.get('id')!r}: per-turn tokenisation differs from the whole conversation at token {at} "
-            f"({tokenizer.decode(ids[start + at:start + at + 5])!r} vs {tokenizer.decode(whole[at:at + 5])!r}); "
+            f"(pieces give {tokenizer.convert_ids_to_tokens(ids[start + at:start + at + 4])}, the whole text gives "
+            f"{tokenizer.convert_ids_to_tokens(whole[at:at + 4])}); "
             f"the loss mask would be misaligned")
     if not any(label != IGNORE_INDEX for label in labels):
         raise TokenizationMismatch(f"sample {sample.get('id')!r}: no token carries loss (empty answers?)")
@@ -141,9 +142,14 @@ def render_loss_mask(input_ids: torch.Tensor, labels: torch.Tensor, tokenizer, w
         if run:
             out.append(f"<image×{run}>")
             run = 0
-        piece = tokenizer.decode([token])
+        piece = tokenizer.decode([token]).replace("\n", "⏎")
         out.append(f"[{piece}]" if label != IGNORE_INDEX else piece)
     if run:
         out.append(f"<image×{run}>")
-    text = "".join(out)
-    return "\n".join(text[i:i + width] for i in range(0, len(text), width))
+    lines, line = [], ""
+    for piece in out:  # wrap between tokens, never inside one
+        if line and len(line) + len(piece) > width:
+            lines.append(line)
+            line = ""
+        line += piece
+    return "\n".join(lines + [line])
