@@ -3,7 +3,6 @@
 import json
 
 import pytest
-import torch
 
 from minillava.model.backbones import TINY_DIR, load_lm, load_vision
 from minillava.stage0 import Stage0Config, probe_features, run_stage0, shipped_file_hashes, text_qa_accuracy, twin

@@ -1,0 +1,71 @@
+"""benchmarks/throughput.py runs end to end (2 steps, tiny batch) and writes the JSON it promises. No timing asserts."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def throughput():
+    # importable by name, so a spawned child (run_isolated) can find run_variant; spawn passes sys.path on
+    if str(ROOT / "benchmarks") not in sys.path:
+        sys.path.insert(0, str(ROOT / "benchmarks"))
+    return importlib.import_module("throughput")
+
+
+def _positive(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
+
+
+def test_cli_tiny_and_gpu_shapes_smoke(throughput, tmp_path):
+    out = tmp_path / "bench.json"
+    throughput.main(["--device", "cpu", "--steps", "2", "--warmup", "1", "--batch", "2", "--gpu-shapes-smoke",
+                     "--only", "clip-vit-b16-224+qwen2.5-0.5b", "--no-isolate", "--out", str(out)])
+    report = json.loads(out.read_text())
+    for key in ("device", "torch", "transformers", "threads", "batch", "steps", "machine", "peak", "runs"):
+        assert key in report
+    assert report["device"] == "cpu" and report["batch"] == 2 and report["steps"] == 2
+    assert _positive(report["peak"]["flops_per_s"]) and report["peak"]["dtype"] == "float32"
+    assert [r["shape"] for r in report["runs"]] == ["tiny", "clip-vit-b16-224+qwen2.5-0.5b"]
+    assert report["gpu_shapes"]["smoke"] is True
+    for run in report["runs"]:
+        assert set(run["results"]) == set(throughput.VARIANTS)
+        for r in run["results"].values():
+            for key in ("ms_per_step", "samples_per_s", "tokens_per_s", "peak_mem_mb", "mfu", "model_flops_per_step",
+                        "trainable_params", "final_loss"):
+                assert _positive(r[key]), (run["shape"], key, r[key])
+        assert set(run["ratios"]) == {"stage2_ours_cached_over_hf", "stage2_ours_online_over_hf",
+                                      "stage1_cached_over_online", "stage2_cached_over_online"}
+        assert all(_positive(v) for v in run["ratios"].values())
+    tiny = report["runs"][0]["results"]
+    assert tiny["stage2_ours_cached"]["seq_len"] == 150 and tiny["stage2_ours_cached"]["image_tokens"] == 9
+    # stage 1 trains only the projector; the frozen tower is never counted as trainable
+    assert tiny["stage1_ours_cached"]["trainable_params"] < tiny["stage2_ours_cached"]["trainable_params"]
+    assert tiny["stage2_hf"]["trainable_params"] == tiny["stage2_ours_cached"]["trainable_params"]
+    assert "stage-1 cached / online" in throughput.table(report)
+
+
+def test_isolated_variant_reports_own_rss(throughput):
+    r = throughput.run_isolated(dict(shape="tiny", variant="stage1_ours_cached", device="cpu", batch=2, steps=1,
+                                     warmup=0, threads=1))
+    assert r["peak_mem_kind"] == "ru_maxrss (own process)" and _positive(r["peak_mem_mb"])
+
+
+def test_batch_layout(throughput):
+    from tests.conftest import make_random_model
+
+    model = make_random_model()
+    batch = throughput.make_batch(model, 3, image_start=7, device="cpu")
+    ids, labels = batch["input_ids"], batch["labels"]
+    assert ids.shape == (3, throughput.TEXT_LEN + model.num_image_tokens)
+    assert bool((ids[:, 7:7 + model.num_image_tokens] == model.image_token_id).all())
+    assert int((ids == model.image_token_id).sum()) == 3 * model.num_image_tokens
+    assert int((labels != -100).sum(1)[0]) == throughput.ANSWER_LEN
