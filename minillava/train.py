@@ -211,6 +211,8 @@ def train_stage(model, dataset: InstructDataset, cfg: Config, stage: int, out_di
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") and cfg.bf16 else \
         torch.autocast("cpu", enabled=False)
     log_path = out_dir / log_file
+    if start_step == 0 and rank == 0:
+        log_path.unlink(missing_ok=True)  # a fresh run into an old directory must not append to its curve
     losses, t0, tokens_seen = [], time.perf_counter(), 0
     bar = tqdm(range(start_step, steps), desc=f"stage {stage}", disable=not progress or rank != 0,
                initial=start_step, total=steps)
