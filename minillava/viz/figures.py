@@ -75,6 +75,49 @@ def grounding_ratio(model, processor, data_dir: Path, n_scenes: int = 60) -> dic
     return {"mean_ratio": sum(ratios) / len(ratios) if ratios else None, "n_tokens": len(ratios)}
 
 
+def colour_token_shares(model, processor, data_dir: Path, records) -> torch.Tensor:
+    """For every answer token that names the asked object's colour: its patch's share of the image attention × N,
+    per layer and head — (n_tokens, L, H); 1.0 = a uniform spread over the N patches."""
+    shares = []
+    for record in records:
+        obj = record.objects[0]
+        z = model.image_features(pixels_for(processor, [image_path(data_dir, record)]))[0]
+        result = answer_attention(model, z, f"What color is the shape at the {position(obj, record)}?")
+        for k, token in enumerate(result["tokens"]):
+            if token.strip() == obj.color:
+                attn = result["attn"][:, :, k]  # (L, H, N)
+                share = attn[..., object_patch(record, obj)] / attn.sum(-1).clamp_min(1e-12)
+                shares.append(share * attn.shape[-1])
+    return torch.stack(shares) if shares else torch.empty(0)
+
+
+def grounding_by_head(model, processor, data_dir: Path, n_select: int = 60, n_test: int = 100) -> dict:
+    """Which heads look at the object they name? Pick the head with the highest focus on one set of held-out scenes
+    and report its focus on *other* scenes, so the selection cannot flatter the number."""
+    scenes = [r for r in load_split(data_dir, "test") if len(r.objects) >= 2]
+    select = colour_token_shares(model, processor, data_dir, scenes[:n_select])
+    test = colour_token_shares(model, processor, data_dir, scenes[n_select:n_select + n_test])
+    if not len(select) or not len(test):
+        return {"best_head": None, "selection_ratio": None, "heldout_ratio": None, "mean_heads_heldout": None}
+    per_head = select.mean(0)  # (L, H)
+    layer, head = divmod(int(per_head.argmax()), per_head.shape[1])
+    return {"per_head_selection": [[round(v, 3) for v in row] for row in per_head.tolist()],
+            "best_head": [layer, head], "selection_ratio": round(per_head[layer, head].item(), 3),
+            "heldout_ratio": round(test.mean(0)[layer, head].item(), 3),
+            "mean_heads_heldout": round(test.mean().item(), 3), "n_tokens": [len(select), len(test)]}
+
+
+def heads_figure(by_head: dict, out: Path) -> Path:
+    ratios = torch.tensor(by_head["per_head_selection"])
+    fig, ax = plt.subplots(figsize=(5.6, 3.4))
+    im = ax.imshow(ratios, cmap="viridis")
+    ax.set_xlabel("head"), ax.set_ylabel("LM layer")
+    ax.set_xticks(range(ratios.shape[1])), ax.set_yticks(range(ratios.shape[0]))
+    ax.set_title("focus on the named object, per head")
+    fig.colorbar(im, ax=ax, label="× uniform share")
+    return _save(fig, out / "attention_heads.png")
+
+
 def nearest_word_rate(model, processor, data_dir: Path, n_scenes: int = 100) -> dict:
     """How often an object patch's nearest colour/shape word (cosine) names its true colour or shape."""
     hits = total = 0
@@ -146,7 +189,10 @@ def make_figures(model_dir: str | Path, out_dir: str | Path) -> dict:
     path, gap = projector_figure({"before stage 1": untrained, "after stage 1": stage1, "after stage 2": model},
                                  processor, data_dir, out)
     paths.append(path)
-    measured = {"attention_focus": grounding_ratio(model, processor, data_dir),
+    by_head = grounding_by_head(model, processor, data_dir)
+    if by_head["best_head"] is not None:
+        paths.append(heads_figure(by_head, out))
+    measured = {"attention_focus": grounding_ratio(model, processor, data_dir), "attention_by_head": by_head,
                 "nearest_word_after_stage1": nearest_word_rate(stage1, processor, data_dir),
                 "nearest_word_after_stage2": nearest_word_rate(model, processor, data_dir),
                 "modality_gap": gap, "figures": [str(p) for p in paths]}
