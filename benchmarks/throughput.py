@@ -9,6 +9,15 @@ One run measures, for the same weights and the same random batch of realistic sh
     stage1_ours_cached   only W trains (f_φ frozen but back-propagated through), Z_v given
     stage1_ours_online   the same with the tower online
 
+and, on the tiny preset only (``extras`` in the JSON):
+
+    stage2_ours_padded   stage 2 on the *real* tiny stage-2 length distribution (rule-teacher samples of fresh
+                         scenes), length-grouped batches right-padded as the trainer makes them
+    stage2_ours_packed   the same batches packed into rows of ≤ max_length (``pack_sequences=true``)
+    stage1_disk_cache    stage 1 with Z_v read from the disk feature cache (``feature_cache_dir``), plus the
+                         feature-preparation times: tower online vs cache cold (compute + write) vs warm (read)
+    stage2_ours_compiled stage2_ours_cached with the LM decoder under ``torch.compile`` (``compile=true``)
+
 and reports ms/step (median after warm-up), samples/s, tokens/s, peak memory and MFU against a measured matmul
 peak of the dtype used (fp32 on CPU, bf16 on CUDA). Nothing here asserts a time.
 
@@ -192,6 +201,8 @@ def run_variant(spec: dict) -> dict:
     device, variant, batch = spec["device"], spec["variant"], spec["batch"]
     if spec.get("threads"):
         torch.set_num_threads(spec["threads"])
+    if variant in ("stage2_ours_padded", "stage2_ours_packed"):
+        return run_real_length_variant(spec)
     cuda = device.startswith("cuda")
     if spec["shape"] == "tiny":
         model = build_tiny_model(device)
@@ -202,7 +213,8 @@ def run_variant(spec: dict) -> dict:
         image_start = IMAGE_START
     data = make_batch(model, batch, image_start, device)
     n_img = model.num_image_tokens
-    stage, online = (2 if variant.startswith("stage2") else 1), not variant.endswith("cached")
+    stage = 2 if variant.startswith("stage2") else 1
+    online = variant in ("stage2_ours_online", "stage2_hf", "stage1_ours_online")
 
     model.vision.requires_grad_(False)
     model.lm.requires_grad_(stage == 2)
@@ -224,6 +236,12 @@ def run_variant(spec: dict) -> dict:
     opt = make_optimizer(params, lr=1e-5, weight_decay=0.0, device=device)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext()
     features = model.image_features(data["pixel_values"]) if not online else None  # the cache, in memory
+    extra = {}
+    if variant == "stage1_disk_cache":  # Z_v of real scene images, read from a warm disk cache
+        features, extra = disk_cache_features(model, spec)
+    if variant == "stage2_ours_compiled":
+        from minillava.train import compile_decoder
+        compile_decoder(model.lm.get_decoder())
 
     def step():
         with autocast:
@@ -251,6 +269,8 @@ def run_variant(spec: dict) -> dict:
             torch.cuda.synchronize()
         if i >= spec["warmup"]:
             times.append(time.perf_counter() - t0)
+        elif i == 0:
+            extra["first_step_s"] = time.perf_counter() - t0  # includes compilation for the compiled variant
     loss = float(loss.detach())
     if not torch.isfinite(torch.tensor(loss)):
         raise RuntimeError(f"{spec['shape']} {variant}: non-finite loss {loss}")
@@ -258,7 +278,7 @@ def run_variant(spec: dict) -> dict:
     seq = data["input_ids"].shape[1]
     out = {"ms_per_step": med * 1e3, "samples_per_s": batch / med, "tokens_per_s": batch * seq / med,
            "seq_len": seq, "image_tokens": n_img,
-           "trainable_params": sum(p.numel() for p in params), "final_loss": loss}
+           "trainable_params": sum(p.numel() for p in params), "final_loss": loss, **extra}
     if cuda:
         out["peak_mem_mb"] = torch.cuda.max_memory_allocated() / 2 ** 20
         out["peak_mem_kind"] = "cuda_max_memory_allocated"
@@ -270,6 +290,211 @@ def run_variant(spec: dict) -> dict:
     else:  # the same model and the same useful work as ours online: HF's wasted full-vocab logits are not credited
         out["model_flops_per_step"] = spec["hf_flops"]
     return out
+
+
+# --- extras (tiny preset): real lengths padded vs packed, disk feature cache, torch.compile --------------------
+
+MAX_LENGTH = 384      # the tiny preset's max_length: the packing row capacity
+
+
+def real_stage2_dataset(model, n_samples: int, seed: int = 0):
+    """The tiny stage-2 data as the trainer sees it: rule-teacher samples of fresh scenes, vicuna_v1, max_length."""
+    from minillava.conversation import get_template
+    from minillava.data.dataset import InstructDataset
+    from minillava.data.shapes import generate_split
+    from minillava.data.teachers import generate_rule_instructions
+
+    records = [scene[0] for scene in generate_split(max(4, n_samples // 3 + 1), "train", seed)]
+    return InstructDataset(generate_rule_instructions(records, seed=seed), model.tokenizer, get_template("vicuna_v1"),
+                           image_tokens=model.num_image_tokens, max_length=MAX_LENGTH)
+
+
+def padding_stats(ds, batch: int, group_by_length: int = 16) -> dict:
+    """Pad tokens per batch over one epoch: plain shuffling vs length-grouped, each right-padded vs packed."""
+    from minillava.data.dataset import pack_rows, padding_tokens
+
+    lengths = [len(x["input_ids"]) for x in ds.items]
+    n = max(1, len(ds) // batch)
+    out = {"samples": len(ds), "batches": n, "mean_len": sum(lengths) / len(lengths), "min_len": min(lengths),
+           "max_len": max(lengths)}
+    for name, group in (("shuffled", 0), ("grouped", group_by_length)):
+        padded = packed = real = rows = 0
+        for step in range(n):
+            idx = ds.batch_indices(step, batch, 0, group)
+            packing = [[idx[j] for j in row] for row in pack_rows([lengths[i] for i in idx], MAX_LENGTH)]
+            padded += padding_tokens(lengths, [[i] for i in idx])
+            packed += padding_tokens(lengths, packing)
+            real += sum(lengths[i] for i in idx)
+            rows += len(packing)
+        out[name] = {"padded_pad_tokens_per_batch": padded / n, "packed_pad_tokens_per_batch": packed / n,
+                     "real_tokens_per_batch": real / n, "padded_pad_fraction": padded / (padded + real),
+                     "packed_pad_fraction": packed / (packed + real), "packed_rows_per_batch": rows / n}
+    return out
+
+
+def run_real_length_variant(spec: dict) -> dict:
+    """stage2_ours_padded / _packed: W + LM train on consecutive length-grouped batches of the real data."""
+    from minillava.train import make_optimizer
+
+    device, batch, packed = spec["device"], spec["batch"], spec["variant"] == "stage2_ours_packed"
+    model = build_tiny_model(device)
+    total = spec["warmup"] + spec["steps"]
+    ds = real_stage2_dataset(model, batch * total)
+    g = torch.Generator().manual_seed(0)
+    ds.attach_features(torch.randn(len(ds.images), model.num_image_tokens, model.vision.config.hidden_size,
+                                   generator=g))                     # (images, N, Dv): the cache, in memory
+    batches = [ds.batch_indices(i, batch, 0, 16) for i in range(total)]
+    model.vision.requires_grad_(False)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = make_optimizer(params, lr=1e-5, weight_decay=0.0, device=device)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else nullcontext()
+    model.train()
+    times, computed, real = [], 0, 0
+    for i, idx in enumerate(batches):
+        data = ds.collate_packed(idx, MAX_LENGTH) if packed else ds.collate(idx)
+        data = {k: v.to(device) for k, v in data.items()}
+        t0 = time.perf_counter()
+        with autocast:
+            loss_sum, n = model(**data)
+            loss = loss_sum / n
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        if i == 0:
+            first = time.perf_counter() - t0
+        if i >= spec["warmup"]:
+            times.append(time.perf_counter() - t0)
+            computed += data["input_ids"].numel()
+            real += sum(len(ds.items[j]["input_ids"]) for j in idx)
+    seconds = sum(times)  # batches differ in length: rates from totals, not from the median step
+    out = {"ms_per_step": 1e3 * statistics.median(times), "samples_per_s": batch * len(times) / seconds,
+           "tokens_per_s": real / seconds, "real_tokens_per_step": real / len(times),
+           "computed_tokens_per_step": computed / len(times), "pad_fraction": 1 - real / computed,
+           "final_loss": float(loss.detach()), "trainable_params": sum(p.numel() for p in params),
+           "first_step_s": first}
+    out["peak_mem_mb"] = (torch.cuda.max_memory_allocated() / 2 ** 20 if device.startswith("cuda") else
+                          resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    return out
+
+
+def scene_images(root: Path, n: int, seed: int = 1) -> list[str]:
+    """``n`` embedded scenes written as PNGs under ``root`` (what a stage-1 run reads)."""
+    from minillava.data.shapes import generate_split
+
+    root.mkdir(parents=True, exist_ok=True)
+    scenes = generate_split(n, "train", seed)
+    for record, _, image in scenes:
+        image.save(root / record.file_name, compress_level=1)
+    return [record.file_name for record, _, _ in scenes]
+
+
+def tiny_processor():
+    from minillava.model.backbones import load_vision
+    return load_vision("tiny")[1]
+
+
+def disk_cache_features(model, spec: dict) -> tuple[torch.Tensor, dict]:
+    """Z_v (batch, N, Dv) of the batch's images from the warm cache the parent filled; the tower must not run."""
+    from minillava.data.feature_cache import FeatureCache
+
+    def no_tower(names):
+        raise RuntimeError(f"stage1_disk_cache: {len(names)} images missing from the warm cache")
+    t0 = time.perf_counter()
+    cache = FeatureCache.for_model(spec["cache_dir"], model, tiny_processor(), name="tiny")
+    features = cache.get(spec["image_dir"], spec["names"][:spec["batch"]], no_tower).to(spec["device"])
+    return features, {"cache_read_s": time.perf_counter() - t0, "cache_hits": cache.hits}
+
+
+def feature_prep(device: str, n_images: int, workdir: Path, log=print) -> dict:
+    """Seconds to get Z_v for ``n_images`` scene PNGs: tower online, cache cold (compute + write), cache warm."""
+    from minillava.data.dataset import compute_features
+    from minillava.data.feature_cache import FeatureCache
+
+    model, processor = build_tiny_model(device), tiny_processor()
+    names = scene_images(workdir / "images", n_images)
+
+    def compute(todo):
+        return compute_features(model, workdir / "images", todo, processor, device=device, progress=False)
+    out = {"images": n_images}
+    t0 = time.perf_counter()
+    online = compute(names)
+    out["online_s"] = time.perf_counter() - t0
+    for run in ("cold", "warm"):
+        t0 = time.perf_counter()
+        cached = FeatureCache.for_model(workdir / "cache", model, processor, name="tiny").get(
+            workdir / "images", names, compute)
+        out[f"{run}_s"] = time.perf_counter() - t0
+    out["max_abs_diff_vs_online"] = float((cached - online).abs().max())  # bf16 storage
+    out["bytes_on_disk"] = sum(p.stat().st_size for p in (workdir / "cache").rglob("shard-*"))
+    out["warm_over_online"] = out["online_s"] / out["warm_s"]
+    log(f"  feature prep, {n_images} images: online {out['online_s']:.2f} s, cache cold {out['cold_s']:.2f} s, "
+        f"warm {out['warm_s']:.2f} s")
+    return {**out, "names": names, "image_dir": str(workdir / "images"), "cache_dir": str(workdir / "cache")}
+
+
+def bench_extras(*, device: str, batch: int, steps: int, warmup: int, isolate: bool, compile_: bool,
+                 standard: dict, log=print) -> dict:
+    """The tiny-preset extras; ``standard`` holds the same run's stage1_ours_online / stage2_ours_cached."""
+    import tempfile
+
+    spec = dict(shape="tiny", device=device, batch=batch, steps=steps, warmup=warmup, threads=torch.get_num_threads())
+    run = run_isolated if isolate else run_variant
+    results, errors = {}, {}
+    model = build_tiny_model("cpu")
+    padding = padding_stats(real_stage2_dataset(model, min(1200, max(240, 64 * batch))), batch)
+    del model
+    with tempfile.TemporaryDirectory() as tmp:
+        prep = feature_prep(device, max(batch, 64), Path(tmp), log=log)
+        names = {k: prep.pop(k) for k in ("names", "image_dir", "cache_dir")}
+        todo = ["stage2_ours_padded", "stage2_ours_packed", "stage1_disk_cache"]
+        todo += ["stage2_ours_compiled"] if compile_ else []
+        for variant in todo:
+            try:
+                results[variant] = run({**spec, **names, "variant": variant})
+            except Exception as err:  # noqa: BLE001 — e.g. torch.compile without a working C++ toolchain
+                errors[variant] = " ".join(str(err).split())[:400]
+                log(f"  tiny {variant:20s} failed: {errors[variant]}")
+                continue
+            r = results[variant]
+            log(f"  tiny {variant:29s} {r['ms_per_step']:9.1f} ms/step {r['samples_per_s']:9.2f} samples/s")
+    sps = {k: v["samples_per_s"] for k, v in results.items()}
+    ratios = {}
+    if "stage2_ours_packed" in sps and "stage2_ours_padded" in sps:
+        ratios["stage2_packed_over_padded"] = sps["stage2_ours_packed"] / sps["stage2_ours_padded"]
+    if "stage1_disk_cache" in sps:
+        ratios["stage1_disk_cache_over_online"] = sps["stage1_disk_cache"] / standard["stage1_ours_online"]["samples_per_s"]
+    if "stage2_ours_compiled" in sps:
+        ratios["stage2_compiled_over_eager"] = sps["stage2_ours_compiled"] / standard["stage2_ours_cached"]["samples_per_s"]
+    ratios["feature_prep_warm_cache_over_online"] = prep["warm_over_online"]
+    return {"results": results, "errors": errors, "ratios": ratios, "padding": padding, "feature_prep": prep,
+            "compile_requested": compile_}
+
+
+def extras_table(extras: dict) -> str:
+    lines = ["| variant | ms/step | samples/s | real tokens/s | first step s | pad fraction |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for variant, r in extras["results"].items():
+        pad = f"{100 * r['pad_fraction']:.1f}%" if "pad_fraction" in r else "0%"
+        lines.append(f"| {variant} | {r['ms_per_step']:.1f} | {r['samples_per_s']:.1f} | {r['tokens_per_s']:.0f} | "
+                     f"{r.get('first_step_s', float('nan')):.1f} | {pad} |")
+    for variant, err in extras["errors"].items():
+        lines.append(f"| {variant} | failed: {err[:120]} | | | | |")
+    lines += ["", "| ratio | measured |", "|---|---:|"]
+    lines += [f"| {k} | {v:.2f}× |" for k, v in extras["ratios"].items()]
+    p = extras["padding"]
+    lines += ["", f"Padding on the tiny stage-2 data ({p['samples']} samples, {p['min_len']}–{p['max_len']} tokens, "
+              f"mean {p['mean_len']:.0f}; batches of {extras.get('batch', '?')}):", "",
+              "| batches | padded: pad tokens / batch | packed: pad tokens / batch | packed rows / batch |",
+              "|---|---:|---:|---:|"]
+    for name in ("shuffled", "grouped"):
+        q = p[name]
+        lines.append(f"| {name} | {q['padded_pad_tokens_per_batch']:.0f} ({100 * q['padded_pad_fraction']:.1f}%) | "
+                     f"{q['packed_pad_tokens_per_batch']:.0f} ({100 * q['packed_pad_fraction']:.1f}%) | "
+                     f"{q['packed_rows_per_batch']:.1f} |")
+    return "\n".join(lines)
 
 
 def _child(spec, queue):
@@ -358,7 +583,7 @@ def table(report: dict) -> str:
 def run_benchmark(device: str = "cpu", steps: int = 30, batch: int | None = None, warmup: int = 3,
                   gpu_shapes: bool | None = None, smoke: bool = False, only: str | None = None,
                   gpu_batch: int | None = None, isolate: bool | None = None, tiny: bool = True,
-                  peak_seconds: float = 1.0, log=print) -> dict:
+                  peak_seconds: float = 1.0, extras: bool = True, compile_: bool = True, log=print) -> dict:
     import transformers
     cuda = device.startswith("cuda")
     batch = batch or 32
@@ -373,6 +598,10 @@ def run_benchmark(device: str = "cpu", steps: int = 30, batch: int | None = None
     if tiny:
         report["runs"].append(bench_shape("tiny", device=device, batch=batch, steps=steps, warmup=warmup,
                                           peak=peak["flops_per_s"], isolate=isolate, log=log))
+        if extras:
+            report["extras"] = {"batch": batch, **bench_extras(
+                device=device, batch=batch, steps=steps, warmup=warmup, isolate=isolate, compile_=compile_,
+                standard=report["runs"][-1]["results"], log=log)}
     if gpu_shapes or smoke:
         report["gpu_shapes"] = {"smoke": smoke, "scale": SMOKE_SCALE if smoke else None,
                                 "batch": gpu_batch or (2 if smoke else 8)}
@@ -397,6 +626,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--no-gpu-shapes", action="store_true", help="on cuda, only the tiny preset")
     ap.add_argument("--only", default=None, help="comma-separated substrings selecting GPU shapes")
     ap.add_argument("--no-isolate", action="store_true", help="CPU: run variants in this process (RSS is shared)")
+    ap.add_argument("--no-extras", action="store_true", help="skip padded-vs-packed, disk cache and compile")
+    ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile variant (slow to start)")
     ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/<device>_tiny.json)")
     args = ap.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -404,13 +635,18 @@ def main(argv=None) -> dict:
     report = run_benchmark(args.device, steps=args.steps, batch=args.batch, warmup=args.warmup,
                            gpu_shapes=(args.device == "cuda" and not args.no_gpu_shapes),
                            smoke=args.gpu_shapes_smoke, only=args.only, gpu_batch=args.gpu_batch,
-                           isolate=False if args.no_isolate else None)
+                           isolate=False if args.no_isolate else None, extras=not args.no_extras,
+                           compile_=not args.no_compile)
     out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / f"{args.device}_tiny.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1) + "\n")
+    tables = table(report) + ("\n\n" + extras_table(report["extras"]) if "extras" in report else "")
+    out.with_suffix(".md").write_text(f"`{' '.join(['python benchmarks/throughput.py', *(argv or sys.argv[1:])])}`"
+                                      f" — {report['machine'].get('cpu', '')}, torch {report['torch']}\n\n"
+                                      + tables + "\n")
     print()
-    print(table(report))
-    print(f"\nwrote {out}")
+    print(tables)
+    print(f"\nwrote {out} and {out.with_suffix('.md').name}")
     return report
 
 

@@ -124,6 +124,17 @@ def _chat(args: argparse.Namespace) -> None:
         history.append((question, reply))
 
 
+def _ablate(args: argparse.Namespace) -> None:
+    from .eval.ablations import ABLATION_BUDGET, run_ablations
+
+    seeds = [int(s) for s in args.seeds.split(",")]
+    arms = [a.strip() for a in args.arms.split(",")] if args.arms else None
+    result = run_ablations(args.out, args.results, seeds=seeds, arms=arms,
+                           budget=[*ABLATION_BUDGET, *args.overrides], progress=not args.quiet)
+    print((Path(args.results) / "ablations.md").read_text())
+    print(f"wrote {args.results}/ablations.json, .md and .png ({len(result['runs'])} runs)")
+
+
 def _figures(args: argparse.Namespace) -> None:
     from .viz.figures import make_figures
 
@@ -135,6 +146,27 @@ def _export(args: argparse.Namespace) -> None:
     from .model.export import export_model
 
     print(f"exported to {export_model(args.model, args.out)}")
+
+
+def _demo(args: argparse.Namespace) -> None:
+    from .demo import GRADIO_MISSING, run_demo
+
+    try:
+        run_demo(args.model, host=args.host, port=args.port, max_new_tokens=args.max_new_tokens)
+    except ImportError as e:
+        if str(e) != GRADIO_MISSING:
+            raise
+        print(f"minillava: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _data_llava_instruct(args: argparse.Namespace) -> None:
+    from .data.llava_instruct import format_report, prepare_llava_instruct
+
+    report = prepare_llava_instruct(args.json, args.coco, args.out, split=args.split, tokenizer=args.tokenizer,
+                                    template=args.template, response_type=args.type)
+    print(format_report(report))
+    print(f"wrote {report['kept']} samples to {args.out}")
 
 
 def _data_bench(args: argparse.Namespace) -> None:
@@ -176,6 +208,35 @@ def _eval(args: argparse.Namespace) -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))
     print(format_table(result["relative"], title=str(args.model or answers)))
+
+
+def _cache_features(args: argparse.Namespace) -> None:
+    """Z_v of every image of a split, once, into the disk cache that training reads (feature_cache_dir)."""
+    from types import SimpleNamespace
+
+    from .config import load_config
+    from .data.dataset import compute_features
+    from .data.feature_cache import FeatureCache
+    from .data.records import load_split
+    from .model.backbones import load_vision
+    from .model.vision import encode_images
+    from .train import resolve_device
+
+    cfg = load_config(args.preset, args.overrides, args.model_config)
+    device = resolve_device(cfg.device)
+    vision, processor = load_vision(cfg.vision_name, image_size=cfg.image_size, trust_remote_code=cfg.trust_remote_code)
+    vision.to(device)
+    tower = SimpleNamespace(vision=vision, select_layer=cfg.vision_select_layer, keep_cls=cfg.vision_keep_cls,
+                            image_features=lambda px: encode_images(vision, px, cfg.vision_select_layer,
+                                                                    cfg.vision_keep_cls))  # only g: no LM loaded
+    names = sorted({r.file_name for r in load_split(args.data, args.split)})
+    cache = FeatureCache.for_model(args.out, tower, processor, name=cfg.vision_name, dtype=cfg.feature_cache_dtype)
+    start = time.perf_counter()
+    cache.get(args.data / "images", names,
+              lambda todo: compute_features(tower, args.data / "images", todo, processor, device=device))
+    seconds = time.perf_counter() - start
+    print(f"{cache.dir}: {cache.hits} images already cached, {cache.misses} computed in {seconds:.1f} s; "
+          f"train with feature_cache_dir={args.out}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -265,6 +326,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=1, help="chat judge: judge each pair k times (mean ± sd)")
     p.set_defaults(func=_eval)
 
+    p = commands.add_parser("ablate", help="the paper's ablation tables (Table 4, Table 8, MLP vs linear) on the tiny preset",
+                            epilog="example: minillava ablate --out runs/ablate --seeds 0,1,2  (about an hour on 2 cores; "
+                                   "an interrupted run resumes)")
+    p.add_argument("--out", type=Path, default=Path("runs/ablate"), help="one directory per arm and seed")
+    p.add_argument("--results", type=Path, default=Path("results"), help="where ablations.json/.md/.png go")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--arms", default="", help="comma-separated subset of the arms (default: all)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="budget changes, e.g. stage2_steps=600")
+    p.set_defaults(func=_ablate)
+
     p = commands.add_parser("figures", help="every figure (loss, attention, projector) from a quickstart model",
                             epilog="example: minillava figures --model runs/quickstart/stage2 --out figures/")
     p.add_argument("--model", type=Path, required=True, help="a stage-2 model directory of a quickstart run")
@@ -286,17 +358,54 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_data_bench)
 
-    p = data_cmds.add_parser("stats", help="counts per type, turns and lengths of a LLaVA JSON file")
+    p = data_cmds.add_parser("stats", help="counts per type, turns and lengths of a LLaVA JSON file",
+                             epilog="example: minillava data stats data/shapes/instruct_train.json")
     p.add_argument("file", type=Path)
     p.set_defaults(func=_data_stats)
+
+    p = data_cmds.add_parser("llava-instruct", help="the published LLaVA-Instruct-150K/80K JSON, kept to a COCO subset",
+                             epilog="example: minillava data llava-instruct --json llava_instruct_150k.json "
+                                    "--coco data/coco_train --split train2017 --out data/coco_train/instruct.json")
+    p.add_argument("--json", type=Path, required=True, help="llava_instruct_150k.json (or -80k, or one of its parts)")
+    p.add_argument("--coco", type=Path, required=True, help="a subset made by `minillava data coco`")
+    p.add_argument("--split", default="train2017", help="LLaVA-Instruct uses COCO train2017 images")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--tokenizer", help="also check the per-turn tokenisation under --template (tiny, a dir or hub id)")
+    p.add_argument("--template", default="vicuna_v1")
+    p.add_argument("--type", choices=["conv", "detail", "complex"], help="tag every sample with this response type")
+    p.set_defaults(func=_data_llava_instruct)
+
+    p = commands.add_parser("demo", help="a web chat about an image (Gradio), with the attention map",
+                            epilog="example: minillava demo --model runs/quickstart/stage2 --port 7860  "
+                                   "(needs: pip install 'minillava[demo]')")
+    p.add_argument("--model", type=Path, required=True)
+    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--host", default="127.0.0.1", help="0.0.0.0 serves other machines too")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.set_defaults(func=_demo)
+
+    p = commands.add_parser("cache-features", help="compute the frozen tower's features once into a disk cache",
+                            epilog="example: minillava cache-features --preset tiny --data data/shapes --split train "
+                                   "--out data/feature_cache   (then train with feature_cache_dir=data/feature_cache)")
+    p.add_argument("--preset", default="tiny", help="tiny | small | paper")
+    p.add_argument("--model-config", type=Path, help="a YAML or JSON file of config fields (vision_name, layer, ...)")
+    p.add_argument("--data", type=Path, required=True, help="a COCO-format directory")
+    p.add_argument("--split", default="train")
+    p.add_argument("--out", type=Path, required=True, help="the cache root (config field feature_cache_dir)")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="config fields, e.g. vision_select_layer=-1 feature_cache_dtype=fp16")
+    p.set_defaults(func=_cache_features)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from .data.chat_teacher import TeacherError
+    from .train import NonFiniteLoss
+
     try:
         args.func(args)
-    except (DataError, ValueError, FileNotFoundError) as e:
+    except (DataError, ValueError, FileNotFoundError, TeacherError, NonFiniteLoss) as e:
         if os.environ.get("MINILLAVA_DEBUG"):
             raise
         print(f"minillava: error: {e}", file=sys.stderr)

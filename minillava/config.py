@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import re
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -38,6 +40,8 @@ class Config:
     lm_name: str = "tiny"
     trust_remote_code: bool = False
     cache_features: bool = True          # the tower is frozen: compute Z_v once per image
+    feature_cache_dir: str = ""          # also keep Z_v on disk here, reused across runs ("" = in memory only)
+    feature_cache_dtype: str = "bf16"    # bf16 | fp16 | fp32 (fp32: bit-identical to computing online)
     init_from: str = ""                  # a model directory whose trained parts start this run (stage 1 → 2)
     # stage 1: feature alignment (§4.2)
     stage1_steps: int = 200
@@ -49,6 +53,12 @@ class Config:
     stage2_batch: int = 32
     stage2_lr: float = 1e-3
     stage2_template: str = "vicuna_v1"
+    # stage 2 with LoRA (model/lora.py): f_φ frozen, low-rank adapters on these linears; W still fully trained
+    lora_r: int = 0                      # adapter rank; 0 = off (full fine-tuning of f_φ, as the paper)
+    lora_alpha: float = 16.0             # the update is scaled by lora_alpha / lora_r
+    lora_dropout: float = 0.05
+    lora_targets: str = "q_proj,k_proj,v_proj,o_proj"
+    lora_4bit: bool = False              # QLoRA: the frozen LM in 4-bit NF4 (bitsandbytes + CUDA only)
     # shared optimisation
     warmup_ratio: float = 0.03
     weight_decay: float = 0.0
@@ -57,6 +67,8 @@ class Config:
     max_length: int = 384
     group_by_length: int = 16           # batches per length-sorted mega-batch (0 = plain shuffling)
     bf16: bool = True                    # autocast on CUDA only; CPU runs in fp32
+    pack_sequences: bool = False         # padding-free rows of up to max_length tokens (position ids restart)
+    compile: bool = False                # torch.compile the LM decoder (off: CPU compile is slow to start)
     log_every: int = 25
     eval_every: int = 200                # held-out loss every N steps (0 = never)
     save_every: int = 250
@@ -66,11 +78,16 @@ class Config:
     def validate(self) -> "Config":
         from .conversation import TEMPLATES
         from .model.projector import PROJECTORS
-        positive = ["stage1_batch", "stage2_batch", "grad_accum", "max_length", "image_size", "log_every"]
+        for f in fields(self):  # "nan" and "inf" parse as floats; no field means them
+            if isinstance(getattr(self, f.name), float) and not math.isfinite(getattr(self, f.name)):
+                raise ConfigError(f"config field '{f.name}' must be a finite number, got {getattr(self, f.name)}")
+        positive = ["stage1_batch", "stage2_batch", "grad_accum", "max_length", "image_size", "log_every",
+                    "save_every", "keep_checkpoints", "clip_grad"]
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"config field '{name}' must be positive, got {getattr(self, name)}")
-        for name in ["stage1_lr", "stage2_lr", "stage1_steps", "stage2_steps", "weight_decay", "warmup_ratio"]:
+        for name in ["stage1_lr", "stage2_lr", "stage1_steps", "stage2_steps", "weight_decay", "warmup_ratio",
+                     "eval_every", "group_by_length"]:
             if getattr(self, name) < 0:
                 raise ConfigError(f"config field '{name}' must not be negative, got {getattr(self, name)}")
         if self.projector not in PROJECTORS:
@@ -81,6 +98,14 @@ class Config:
                                   f"expected one of {', '.join(TEMPLATES)}")
         if self.data_source not in ("shapes", "coco"):
             raise ConfigError(f"config field 'data_source': expected shapes or coco, got {self.data_source!r}")
+        if self.lora_r < 0 or self.lora_dropout < 0 or self.lora_alpha <= 0:
+            raise ConfigError(f"config fields 'lora_r', 'lora_dropout' must not be negative and 'lora_alpha' must be "
+                              f"positive, got {self.lora_r}, {self.lora_dropout}, {self.lora_alpha}")
+        if self.lora_4bit and not self.lora_r:
+            raise ConfigError("config field 'lora_4bit' needs LoRA: set lora_r > 0 (e.g. lora_r=64)")
+        if self.feature_cache_dtype not in ("bf16", "fp16", "fp32"):
+            raise ConfigError(f"config field 'feature_cache_dtype': expected bf16, fp16 or fp32, "
+                              f"got {self.feature_cache_dtype!r}")
         return self
 
     def to_dict(self) -> dict:
@@ -118,27 +143,40 @@ def load_config(preset: str = "tiny", overrides: list[str] | dict | None = None,
     if preset not in PRESETS:
         raise ConfigError(f"unknown preset {preset!r}; expected one of {', '.join(PRESETS)}")
     values = dict(PRESETS[preset])
+    from_file: set[str] = set()  # keys whose value came from ``file``: their errors name the file
     if file:
         path = Path(file)
-        text = path.read_text(encoding="utf-8")
-        if path.suffix in (".yaml", ".yml"):
-            import yaml
-            loaded = yaml.safe_load(text)
-        else:
-            loaded = json.loads(text)
+        import yaml
+
+        is_yaml = path.suffix in (".yaml", ".yml")
+        try:
+            text = path.read_text(encoding="utf-8")
+            loaded = yaml.safe_load(text) if is_yaml else json.loads(text)
+        except (UnicodeDecodeError, ValueError, yaml.YAMLError) as e:  # JSONDecodeError is a ValueError
+            raise ConfigError(f"{path}: not valid {'YAML' if is_yaml else 'JSON'} "
+                              f"({' '.join(str(e).split())[:200]})") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: expected a mapping of config fields")
         values.update(loaded)
+        from_file = set(loaded)
     if isinstance(overrides, dict):
         values.update(overrides)
+        from_file -= set(overrides)
     else:
         for item in overrides or []:
             if "=" not in item:
                 raise ConfigError(f"override {item!r} is not key=value")
             key, value = item.split("=", 1)
             values[key.strip()] = value
+            from_file.discard(key.strip())
     types = {f.name: type(f.default) for f in fields(Config)}
-    for key in values:
-        if key not in types:
-            raise ConfigError(f"unknown config field {key!r}")
-    return Config(**{k: _coerce(k, v, types[k]) for k, v in values.items()}).validate()
+    try:
+        for key in values:
+            if key not in types:
+                raise ConfigError(f"unknown config field {key!r}")
+        return Config(**{k: _coerce(k, v, types[k]) for k, v in values.items()}).validate()
+    except ConfigError as e:
+        named = re.match(r"(?:unknown )?config field '(\w+)'", str(e))
+        if named and named.group(1) in from_file:
+            raise ConfigError(f"{file}: {e}") from None
+        raise

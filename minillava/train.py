@@ -25,6 +25,8 @@ from safetensors.torch import load_file, save_file
 
 from .config import Config
 from .data.dataset import InstructDataset
+from .model import lora
+from .faults import fault_point
 
 STAGES = {1: dict(train_lm=False), 2: dict(train_lm=True)}
 
@@ -55,10 +57,12 @@ def resolve_device(name: str) -> str:
 # --- freeze policy, optimiser, schedule -------------------------------------------------------------------
 
 def set_trainable(model, stage: int) -> list[torch.nn.Parameter]:
-    """Vision always frozen; the LM trains only in stage 2; the projector always trains."""
+    """Vision always frozen; the LM trains only in stage 2 (with LoRA, only its adapter); W always trains."""
     model.vision.requires_grad_(False)
     model.lm.requires_grad_(STAGES[stage]["train_lm"])
     model.projector.requires_grad_(True)
+    if STAGES[stage]["train_lm"] and lora.has_lora(model.lm):
+        lora.mark_trainable(model)  # A, B and W train; f_φ's own weights stay frozen
     return [p for p in model.parameters() if p.requires_grad]
 
 
@@ -76,6 +80,39 @@ def cosine_with_warmup(total_steps: int, warmup_ratio: float):
 def make_optimizer(params, lr: float, weight_decay: float, device: str) -> torch.optim.AdamW:
     fused = device.startswith("cuda")
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=(0.9, 0.999), fused=fused or None)
+
+
+def compile_decoder(decoder: torch.nn.Module):
+    """``torch.compile`` the LM decoder in place (state-dict keys unchanged); returns a function that undoes it.
+
+    Compilation happens at the first forward; if it fails there (no C++ compiler, an unsupported op) the error
+    says so in one line and names the way out, instead of a page of inductor internals.
+    """
+    from torch._dynamo.exc import TorchDynamoException  # InductorError and BackendCompilerFailed derive from it
+    from torch._inductor.exc import CppCompileError
+
+    errors = (TorchDynamoException, CppCompileError)
+    compiled = torch.compile(decoder._call_impl)
+
+    def guarded(*args, **kwargs):
+        try:
+            return compiled(*args, **kwargs)
+        except errors as e:
+            first = (str(e).strip().splitlines() or [e.__class__.__name__])[0][:200]
+            raise RuntimeError(f"compile=true: torch.compile failed on this machine ({e.__class__.__name__}: "
+                               f"{first}); train with compile=false") from e
+    decoder._compiled_call_impl = guarded  # what nn.Module.compile() sets; __call__ uses it when present
+
+    def undo() -> None:
+        decoder._compiled_call_impl = None
+    return undo
+
+
+def to_device(t: torch.Tensor, device: str) -> torch.Tensor:
+    """Host → device; on CUDA through pinned memory so the copy overlaps with compute."""
+    if device.startswith("cuda"):
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
 
 
 # --- checkpoints --------------------------------------------------------------------------------------------
@@ -110,6 +147,7 @@ def save_checkpoint(out_dir: Path, step: int, weights: dict, optimizer, schedule
     if torch.cuda.is_available():
         rng.update({f"rng.cuda{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
     save_file({k: v.detach().cpu().contiguous() for k, v in weights.items()}, str(tmp / "weights.safetensors"))
+    fault_point("checkpoint_write")
     save_file({**opt_tensors, **rng}, str(tmp / "optimizer.safetensors"))
     files = {name: {"bytes": (tmp / name).stat().st_size, "sha1": _sha1(tmp / name)}
              for name in ("weights.safetensors", "optimizer.safetensors")}
@@ -123,6 +161,7 @@ def save_checkpoint(out_dir: Path, step: int, weights: dict, optimizer, schedule
         shutil.rmtree(final)
     tmp.rename(final)
     _fsync_dir(root)
+    fault_point("checkpoint_renamed")
     for old in sorted(root.glob("step_*"))[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
@@ -134,6 +173,8 @@ def verify_checkpoint(path: Path) -> dict:
         state = json.loads((path / "state.json").read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise ValueError(f"{path}: unreadable state.json ({e.__class__.__name__})") from None
+    if not isinstance(state, dict) or not isinstance(state.get("files"), dict) or "step" not in state:
+        raise ValueError(f"{path / 'state.json'}: not a minillava checkpoint state (field 'files' or 'step' missing)")
     for name, expected in state["files"].items():
         file = path / name
         if not file.is_file() or file.stat().st_size != expected["bytes"] or _sha1(file) != expected["sha1"]:
@@ -151,8 +192,36 @@ def latest_good_checkpoint(out_dir: Path, log=print) -> tuple[Path, dict] | None
     return None
 
 
+def check_resumable(path: Path, state: dict, cfg: Config, stage: int) -> None:
+    """Resume is exact only with the checkpoint's stage, seed and batch layout; a mismatch is an error, not a drift."""
+    if state.get("stage") != stage:
+        raise ValueError(f"{path}: checkpoint of stage {state.get('stage')}, cannot resume stage {stage} from it")
+    saved = state.get("config") or {}
+    for key in ("seed", f"stage{stage}_batch", "grad_accum", "group_by_length"):
+        if key in saved and saved[key] != getattr(cfg, key):
+            raise ValueError(f"{path}: written with {key}={saved[key]}, this run has {key}={getattr(cfg, key)}; "
+                             f"resume with the same value (or use a new --out)")
+
+
+def rewind_log(log_path: Path, stage: int, step: int) -> None:
+    """Drop log records of ``stage`` past ``step`` (written after the checkpoint resumed from) and torn lines."""
+    if not log_path.is_file():
+        return
+    kept = []
+    for line in log_path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue  # a line cut short by the interruption
+        if not (record.get("stage") == stage and record.get("step", 0) > step):
+            kept.append(line + "\n")
+    tmp = log_path.with_name(log_path.name + ".tmp")
+    tmp.write_text("".join(kept), encoding="utf-8")
+    tmp.replace(log_path)
+
+
 def restore(path: Path, state: dict, model, optimizer, scheduler) -> int:
-    model.load_trainable_state(load_file(str(path / "weights.safetensors")))
+    lora.load_trainable_state(model, load_file(str(path / "weights.safetensors")))  # W (+ f_φ or its adapter)
     tensors = load_file(str(path / "optimizer.safetensors"))
     opt_state: dict = {}
     for key, value in tensors.items():
@@ -189,11 +258,14 @@ def train_stage(model, dataset: InstructDataset, cfg: Config, stage: int, out_di
                          f"{world} × {cfg.grad_accum}")
     micro = batch_size // (world * cfg.grad_accum)
 
+    if STAGES[stage]["train_lm"] and cfg.lora_r:
+        lora.apply_lora(model, cfg)  # stage 2 with low-rank adapters instead of updating all of f_φ
     model.to(device)
     params = set_trainable(model, stage)
     model.lm.train(STAGES[stage]["train_lm"])
     optimizer = make_optimizer(params, lr, cfg.weight_decay, device)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_warmup(steps, cfg.warmup_ratio))
+    undo_compile = compile_decoder(model.lm.get_decoder()) if cfg.compile else (lambda: None)
     ddp_model = model
     if world > 1:
         ddp_model = torch.nn.parallel.DistributedDataParallel(
@@ -205,14 +277,19 @@ def train_stage(model, dataset: InstructDataset, cfg: Config, stage: int, out_di
 
     start_step = 0
     if resume and (found := latest_good_checkpoint(out_dir, log)):
+        check_resumable(found[0], found[1], cfg, stage)
         start_step = restore(*found, model, optimizer, scheduler)
         log(f"resumed stage {stage} from {found[0].name} (step {start_step})")
+    elif resume:
+        log(f"no good checkpoint in {out_dir / 'checkpoints'}; stage {stage} starts from step 0")
 
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") and cfg.bf16 else \
         torch.autocast("cpu", enabled=False)
     log_path = out_dir / log_file
     if start_step == 0 and rank == 0:
         log_path.unlink(missing_ok=True)  # a fresh run into an old directory must not append to its curve
+    elif rank == 0:
+        rewind_log(log_path, stage, start_step)  # steps logged after the checkpoint are about to be redone
     losses, t0, tokens_seen = [], time.perf_counter(), 0
     bar = tqdm(range(start_step, steps), desc=f"stage {stage}", disable=not progress or rank != 0,
                initial=start_step, total=steps)
@@ -220,10 +297,16 @@ def train_stage(model, dataset: InstructDataset, cfg: Config, stage: int, out_di
         global_idx = dataset.batch_indices(step, batch_size, cfg.seed, cfg.group_by_length)
         # every rank counts the answer tokens of the *global* batch, so the loss is one global mean
         n_global = sum(int((dataset.items[i]["labels"][1:] != -100).sum()) for i in global_idx)
+        if n_global == 0:  # the loss would be 0 / 0: a data bug, never something to train on
+            raise NonFiniteLoss(f"stage {stage} step {step}: every label of the batch is masked (-100), so no "
+                                f"answer token carries loss; samples {global_idx[:8]}")
         mine = global_idx[rank::world]
         step_loss = 0.0
         for k in range(cfg.grad_accum):
-            batch = {key: v.to(device) for key, v in dataset.collate(mine[k * micro:(k + 1) * micro]).items()}
+            part = mine[k * micro:(k + 1) * micro]
+            rows = dataset.collate_packed(part, cfg.max_length) if cfg.pack_sequences else dataset.collate(part)
+            batch = {key: to_device(v, device) for key, v in rows.items()}
+            fault_point("train_batch")
             sync = k == cfg.grad_accum - 1 or world == 1
             context = ddp_model.no_sync() if not sync else contextlib.nullcontext()
             with context, autocast:
@@ -242,6 +325,7 @@ def train_stage(model, dataset: InstructDataset, cfg: Config, stage: int, out_di
                                 f"is not finite; the last good checkpoint is kept in {out_dir / 'checkpoints'}")
         if mean_loss == 0.0:
             raise NonFiniteLoss(f"stage {stage} step {step}: loss is exactly 0 — every label masked?")
+        fault_point("train_step")  # gradients computed, not yet applied
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -258,11 +342,13 @@ def train_stage(model, dataset: InstructDataset, cfg: Config, stage: int, out_di
                 record.update(eval_fn(model))
             with open(log_path, "a") as f:
                 f.write(json.dumps(record) + "\n")
+            fault_point("log_written")
             bar.set_postfix(loss=f"{mean_loss:.3f}")
         if rank == 0 and (done % cfg.save_every == 0 or done == steps):
-            save_checkpoint(out_dir, done, model.trainable_state(include_lm=STAGES[stage]["train_lm"]), optimizer,
-                            scheduler, {"stage": stage, "seed": cfg.seed, "config": cfg.to_dict()},
+            save_checkpoint(out_dir, done, lora.trainable_state(model, include_lm=STAGES[stage]["train_lm"]),
+                            optimizer, scheduler, {"stage": stage, "seed": cfg.seed, "config": cfg.to_dict()},
                             cfg.keep_checkpoints)
+    undo_compile()  # evaluation and generation after training run the plain decoder
     seconds = time.perf_counter() - t0
     return {"stage": stage, "steps": steps, "first_loss": losses[0] if losses else None,
             "last_loss": sum(losses[-20:]) / max(1, len(losses[-20:])) if losses else None, "seconds": seconds}
@@ -294,7 +380,6 @@ def stage_samples(cfg: Config, stage: int, data_dir: Path, split: str | None = N
 def run_stage(cfg: Config, stage: int, out_dir: str | Path, *, resume: bool = False, model=None, processor=None,
               features: dict | None = None, progress: bool = True) -> tuple[object, dict]:
     """Train one stage from ``cfg`` and write a model directory to ``out_dir``; returns (model, summary)."""
-    from .data.dataset import compute_features
     from .model.build import build_model, save_model
     from .model.llava import load_weights
 
@@ -303,6 +388,8 @@ def run_stage(cfg: Config, stage: int, out_dir: str | Path, *, resume: bool = Fa
         model, processor = build_model(cfg)
         if cfg.init_from:  # e.g. stage 2 starts from stage 1's projector
             model.load_trainable_state(load_weights(Path(cfg.init_from) / "model.safetensors"))
+    image_features = feature_source(model, processor, cfg, progress)
+    check_max_length(cfg, model)
     samples, source = stage_samples(cfg, stage, data_dir)
     dataset = InstructDataset(samples, model.tokenizer, dataset_template(cfg, stage),
                               image_tokens=model.num_image_tokens, max_length=cfg.max_length, source=source)
@@ -311,8 +398,7 @@ def run_stage(cfg: Config, stage: int, out_dir: str | Path, *, resume: bool = Fa
               f"{cfg.max_length} and were truncated")
     missing = [n for n in dataset.images if features is None or n not in features]
     if missing:  # g is frozen in both stages, so Z_v is computed once per image and reused every epoch
-        new = compute_features(model, data_dir / "images", missing, processor, progress=progress,
-                               device=resolve_device(cfg.device))
+        new = image_features(missing)
         features = {**(features or {}), **dict(zip(missing, new))}
     dataset.attach_features(torch.stack([features[name] for name in dataset.images]))
     eval_fn = None
@@ -320,14 +406,47 @@ def run_stage(cfg: Config, stage: int, out_dir: str | Path, *, resume: bool = Fa
         val_samples, val_source = stage_samples(cfg, stage, data_dir, split="val")
         val = InstructDataset(val_samples[:128], model.tokenizer, dataset_template(cfg, stage),
                               image_tokens=model.num_image_tokens, max_length=cfg.max_length, source=val_source)
-        val.attach_features(compute_features(model, data_dir / "images", val.images, processor, progress=False,
-                                             device=resolve_device(cfg.device)))
+        val.attach_features(image_features(val.images))
         eval_fn = lambda m: {"val_loss": round(validation_loss(m, val), 5)}  # noqa: E731
     summary = train_stage(model, dataset, cfg, stage, out_dir, resume=resume, eval_fn=eval_fn, progress=progress)
     if dist_info()[0] == 0:
         save_model(model, cfg, out_dir, include_lm=STAGES[stage]["train_lm"], extra={"stage": stage})
     summary["features"], summary["processor"] = features, processor
     return model, summary
+
+
+def feature_source(model, processor, cfg: Config, progress: bool = True):
+    """A function names → Z_v (n, N, Dv) for images under ``data_dir/images``: computed by the frozen tower, or
+    read from the disk cache in ``cfg.feature_cache_dir`` (misses computed and stored) when that is set."""
+    from .data.dataset import compute_features
+
+    root = Path(cfg.data_dir) / "images"
+
+    def compute(names: list[str]) -> torch.Tensor:
+        return compute_features(model, root, names, processor, progress=progress, device=resolve_device(cfg.device))
+    if not cfg.feature_cache_dir:
+        return compute
+    from .data.feature_cache import FeatureCache
+
+    cache = FeatureCache.for_model(cfg.feature_cache_dir, model, processor, name=cfg.vision_name,
+                                   dtype=cfg.feature_cache_dtype)
+
+    def cached(names: list[str]) -> torch.Tensor:
+        out = cache.get(root, names, compute)
+        if progress and dist_info()[0] == 0:
+            print(f"feature cache {cache.dir}: {cache.hits} read, {cache.misses} computed")
+        return out
+    return cached
+
+
+def check_max_length(cfg: Config, model) -> None:
+    """``max_length`` beyond the LM's positions would fail deep inside torch (or quietly degrade): refuse it here."""
+    from .config import ConfigError
+
+    limit = getattr(model.lm.config, "max_position_embeddings", None)
+    if limit and cfg.max_length > limit:
+        raise ConfigError(f"config field 'max_length' is {cfg.max_length}, but the LM {cfg.lm_name!r} has only "
+                          f"{limit} positions (max_position_embeddings)")
 
 
 def dataset_template(cfg: Config, stage: int):
@@ -346,5 +465,6 @@ def validation_loss(model, dataset: InstructDataset, batch_size: int = 32) -> fl
         batch = {k: v.to(device) for k, v in dataset.collate(list(range(i, min(i + batch_size, len(dataset))))).items()}
         loss_sum, n = model(**batch)
         total, count = total + loss_sum.item(), count + n
+        fault_point("eval")
     model.lm.train(was_training)
     return total / max(count, 1)

@@ -23,4 +23,23 @@ if ! "$VPY" -c "import torch" 2>/dev/null; then
   fi
 fi
 "$VPY" -m pip install -q -e ".[test]"
+
+# Only for tests/test_demo.py, and never fatal: without these that test skips and says why (measured: ~35 s for
+# Debian's chromium + chromium-driver, ~25 s for gradio). gradio pins an older Pillow than the core uses, so it goes
+# into an overlay environment, .venv/demo, that sees .venv's packages behind its own gradio and Pillow.
+if [ "${MINILLAVA_SKIP_DEMO_DEPS:-0}" != 1 ]; then
+  (
+    set +e
+    if ! command -v chromedriver >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+      export DEBIAN_FRONTEND=noninteractive
+      timeout 300 apt-get update -qq && timeout 600 apt-get install -y -qq --no-install-recommends \
+        chromium chromium-driver >/dev/null
+    fi
+    [ -x .venv/demo/bin/python ] || "$VPY" -m venv .venv/demo || exit 1
+    base=$("$VPY" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+    overlay=$(.venv/demo/bin/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+    echo "import site; site.addsitedir('$base')" > "$overlay/zz_minillava_base.pth"
+    timeout 600 .venv/demo/bin/python -m pip install -q "gradio>=5"
+  ) || echo "setup: the web demo's test dependencies did not install; tests/test_demo.py will skip"
+fi
 echo "$want" > "$stamp"

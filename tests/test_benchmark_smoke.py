@@ -28,7 +28,7 @@ def _positive(x) -> bool:
 def test_cli_tiny_and_gpu_shapes_smoke(throughput, tmp_path):
     out = tmp_path / "bench.json"
     throughput.main(["--device", "cpu", "--steps", "2", "--warmup", "1", "--batch", "2", "--gpu-shapes-smoke",
-                     "--only", "clip-vit-b16-224+qwen2.5-0.5b", "--no-isolate", "--out", str(out)])
+                     "--only", "clip-vit-b16-224+qwen2.5-0.5b", "--no-isolate", "--no-compile", "--out", str(out)])
     report = json.loads(out.read_text())
     for key in ("device", "torch", "transformers", "threads", "batch", "steps", "machine", "peak", "runs"):
         assert key in report
@@ -51,6 +51,16 @@ def test_cli_tiny_and_gpu_shapes_smoke(throughput, tmp_path):
     assert tiny["stage1_ours_cached"]["trainable_params"] < tiny["stage2_ours_cached"]["trainable_params"]
     assert tiny["stage2_hf"]["trainable_params"] == tiny["stage2_ours_cached"]["trainable_params"]
     assert "stage-1 cached / online" in throughput.table(report)
+    extras = report["extras"]  # tiny only: real lengths padded vs packed, the disk feature cache
+    assert set(extras["results"]) == {"stage2_ours_padded", "stage2_ours_packed", "stage1_disk_cache"}
+    assert not extras["errors"] and extras["results"]["stage1_disk_cache"]["cache_hits"] == 2
+    assert {"stage2_packed_over_padded", "stage1_disk_cache_over_online",
+            "feature_prep_warm_cache_over_online"} <= set(extras["ratios"])
+    assert all(_positive(v) for v in extras["ratios"].values())
+    assert extras["padding"]["grouped"]["padded_pad_tokens_per_batch"] < \
+        extras["padding"]["shuffled"]["padded_pad_tokens_per_batch"]
+    assert extras["feature_prep"]["max_abs_diff_vs_online"] < 0.05  # bf16 storage
+    assert "stage2_ours_packed" in throughput.extras_table(extras)
 
 
 def test_isolated_variant_reports_own_rss(throughput):

@@ -23,10 +23,11 @@ import urllib.request
 from pathlib import Path
 from typing import Callable
 
+from ..faults import fault_point
 from .context import symbolic_context
 from .llava_json import RESPONSE_TYPES, make_sample, validate_sample, write_llava_json
 from .prompts import DETAIL_PROMPTS
-from .records import DataError, ImageRecord
+from .records import DataError, ImageRecord, read_utf8
 
 log = logging.getLogger(__name__)
 
@@ -296,7 +297,7 @@ def _recover_jsonl(path: Path) -> set[str]:
 
 def _read_jsonl(path: Path) -> list[dict]:
     samples = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for lineno, line in enumerate(read_utf8(path).splitlines(), 1):
         if line.strip():
             try:
                 sample = json.loads(line)
@@ -341,6 +342,7 @@ def generate_chat_instructions(records: list[ImageRecord], out_jsonl: str | Path
                 try:
                     turns = parse_reply(client.complete(messages), response_type, image_id=record.image_id,
                                         detail_prompts=detail_prompts)
+                    fault_point("teacher_reply")  # answered but not yet written: redone on resume
                     break
                 except MalformedReply as e:
                     reasons[sample_id] = str(e)
@@ -355,6 +357,7 @@ def generate_chat_instructions(records: list[ImageRecord], out_jsonl: str | Path
             f.write((json.dumps(sample, ensure_ascii=False) + "\n").encode("utf-8"))
             f.flush()
             os.fsync(f.fileno())
+            fault_point("teacher_written")
             existing.add(sample_id)
             ids["done"].append(sample_id)
     result = {key: len(value) for key, value in ids.items()}

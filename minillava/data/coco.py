@@ -27,6 +27,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from minillava.faults import fault_point
 from minillava.data.records import DataError, _read_json, _write_json, annotation_paths, verify_image
 
 BASE_URL = "http://images.cocodataset.org"
@@ -117,6 +118,7 @@ def _fetch(url: str, part: Path, have: int, progress: bool, timeout: float) -> N
                 f.write(chunk)
                 written += len(chunk)
                 bar.update(len(chunk))
+                fault_point("download_chunk")
         if expected is not None and written < expected:
             raise _Incomplete(f"connection closed after {start + written} of {start + expected} bytes")
 
@@ -159,6 +161,7 @@ def download(url: str, dest: str | Path, *, size: int | None = None, md5: str | 
             raise DataError(f"{dest.name}: download from {url} failed {failures} times in a row; "
                             f"last error: {error}") from None
         time.sleep(min(backoff * 2 ** failures, 60.0))
+    fault_point("download_complete")  # every byte on disk, not yet verified or renamed
     problem = _mismatch(part, size, md5)
     if problem:
         part.unlink()
@@ -183,6 +186,7 @@ def extract(zip_path: str | Path, dest_dir: str | Path, *, progress: bool = True
             for member in _progress_bar(progress, iterable=zf.infolist(), desc=f"extract {zip_path.name}",
                                         unit="file"):
                 zf.extract(member, dest_dir)  # overwrites leftovers; strips absolute paths and '..'
+                fault_point("extract_member")
     except zipfile.BadZipFile as e:
         raise DataError(f"{zip_path}: not a valid zip file ({e})") from None
     marker.write_text(f"{zip_path.name} {zip_path.stat().st_size}\n")

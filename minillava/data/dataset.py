@@ -127,6 +127,66 @@ class InstructDataset:
             batch["image_features"] = self.features[with_image]
         return batch
 
+    def collate_packed(self, indices: list[int], max_length: int) -> dict[str, torch.Tensor]:
+        """Padding-free batch: the samples concatenated into rows of at most ``max_length`` tokens.
+
+        ``position_ids`` restart at 0 for every sample, and no ``attention_mask`` is returned: from restarting
+        positions transformers (≥ 4.53, sdpa / eager / flash) builds a block-diagonal causal mask, so a token
+        attends only to earlier tokens of its own sample. Each sample's first label is -100, so no sample is
+        asked to predict the next one's first token. Image features follow the rows' order, which is the order
+        ``masked_scatter`` fills the ``<image>`` positions in. The loss sum and count equal ``collate``'s.
+        """
+        rows = pack_rows([len(self.items[i]["input_ids"]) for i in indices], max_length)
+        rows = [[indices[j] for j in row] for row in rows]
+        width = max(sum(len(self.items[i]["input_ids"]) for i in row) for row in rows)
+        ids = torch.full((len(rows), width), self.pad_id)                     # (R, L), R ≤ len(indices)
+        labels = torch.full((len(rows), width), IGNORE_INDEX)
+        positions = torch.zeros((len(rows), width), dtype=torch.long)
+        for r, row in enumerate(rows):
+            at = 0
+            for i in row:
+                x = self.items[i]
+                n = len(x["input_ids"])
+                ids[r, at:at + n], labels[r, at:at + n] = x["input_ids"], x["labels"]
+                labels[r, at] = IGNORE_INDEX                          # never a target (collate shifts it out too)
+                positions[r, at:at + n] = torch.arange(n)
+                at += n
+            positions[r, at:] = torch.arange(width - at)              # the padded tail is a sequence of its own
+        batch = {"input_ids": ids, "labels": labels, "position_ids": positions}
+        with_image = [self.image_index[self.image_of[i]] for row in rows for i in row if self.image_of[i]]
+        if with_image:
+            if self.features is None:
+                raise RuntimeError("image features are not attached (call attach_features)")
+            batch["image_features"] = self.features[with_image]
+        return batch
+
+
+def pack_rows(lengths: list[int], capacity: int) -> list[list[int]]:
+    """Positions into ``lengths`` grouped into as few rows of ≤ ``capacity`` tokens as fit, of similar fill.
+
+    Rows are padded to the fullest one, so the fills should be even, not first-fit-full: start with
+    ceil(total / capacity) rows and give each sample, longest first, to the emptiest row (a new row when even
+    that one has no room). Deterministic (ties keep input order), so a packed run replays exactly on resume.
+    A sample longer than ``capacity`` gets a row of its own.
+    """
+    rows: list[list[int]] = [[] for _ in range(max(1, -(-sum(lengths) // capacity)))]
+    fill = [0] * len(rows)
+    for j in sorted(range(len(lengths)), key=lambda j: -lengths[j]):
+        r = min(range(len(rows)), key=lambda r: fill[r])
+        if fill[r] and fill[r] + lengths[j] > capacity:
+            rows.append([])
+            fill.append(0)
+            r = len(rows) - 1
+        rows[r].append(j)
+        fill[r] += lengths[j]
+    return [row for row in rows if row]
+
+
+def padding_tokens(lengths: list[int], batch_rows: list[list[int]]) -> int:
+    """Pad tokens when each row (a list of positions into ``lengths``) is right-padded to the longest row."""
+    fills = [sum(lengths[j] for j in row) for row in batch_rows]
+    return len(fills) * max(fills) - sum(fills)
+
 
 @torch.no_grad()
 def compute_features(model, image_root: Path, names: list[str], processor, batch_size: int = 64,

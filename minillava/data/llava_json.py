@@ -54,6 +54,8 @@ def validate_sample(sample: object, where: str) -> None:
             raise DataError(f"{tag}: conversations[{i}] has no string 'value'")
         if turn.get("from") != expected:
             raise DataError(f"{tag}: conversations[{i}] field 'from' is {turn.get('from')!r}, expected {expected!r}")
+        if expected == "gpt" and not turn["value"].strip():
+            raise DataError(f"{tag}: conversations[{i}] field 'value' is an empty answer")
     if len(turns) % 2:
         raise DataError(f"{tag}: conversations ends with a human turn that has no answer")
     n_image = sum(t["value"].count(IMAGE_TOKEN) for t in turns)

@@ -61,13 +61,15 @@ def image_path(root: str | Path, record: ImageRecord) -> Path:
 
 
 def read_utf8(path: Path) -> str:
-    """The file's text; a missing file or non-UTF-8 bytes are a one-line DataError naming it."""
+    """The file's text (a leading UTF-8 BOM dropped); a missing file or non-UTF-8 bytes are a one-line DataError."""
     try:
-        return path.read_bytes().decode("utf-8")
+        return path.read_bytes().decode("utf-8-sig")
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not UTF-8 text (byte {e.start})") from None
+    except OSError as e:  # a directory, no permission ...
+        raise DataError(f"{path}: cannot read ({e.strerror or e.__class__.__name__})") from None
 
 
 def _read_json(path: Path) -> dict:

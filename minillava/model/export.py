@@ -79,6 +79,8 @@ def to_hf_llava(model: MiniLlava):
     """(LlavaForConditionalGeneration, LlavaConfig) with ``model``'s weights; same logits for the same inputs."""
     from transformers import GenerationConfig, LlavaForConditionalGeneration
 
+    from .lora import merged_copy
+    model = merged_copy(model)  # a LoRA adapter still attached is folded into f_φ first (W₀ + (α/r)·BA)
     config = llava_config(model)
     dtype = next(model.lm.parameters()).dtype
     llava = LlavaForConditionalGeneration(config).to(dtype).eval()

@@ -72,18 +72,22 @@ class MiniLlava(nn.Module):
         return self.lm(inputs_embeds=self.embed(input_ids, image_features), attention_mask=attention_mask).logits
 
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                    image_features: torch.Tensor | None = None, pixel_values: torch.Tensor | None = None
-                    ) -> tuple[torch.Tensor, int]:
+                    image_features: torch.Tensor | None = None, pixel_values: torch.Tensor | None = None,
+                    position_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
         """Eq. 3 as a *sum* of -log p over answer tokens, and their count.
 
         Summing (not averaging) lets the trainer divide by the token count of the whole global batch, so
         gradient accumulation and several processes give the same update as one big batch. The LM head is
         applied only at positions that predict an answer token: (M, D) @ (D, V) instead of (B, T, D) @ (D, V).
+        Packed rows (``InstructDataset.collate_packed``) pass ``position_ids`` that restart per sample and no
+        ``attention_mask``; transformers then confines attention to each sample.
         """
         if image_features is None and pixel_values is not None:
             image_features = self.image_features(pixel_values)
         embeds = self.embed(input_ids, image_features)
-        hidden = self.lm.get_decoder()(inputs_embeds=embeds, attention_mask=attention_mask).last_hidden_state
+        # no KV cache in training (it would also switch off transformers' packed-sequence masking)
+        hidden = self.lm.get_decoder()(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
+                                       use_cache=False).last_hidden_state
         targets = labels[:, 1:]                      # token t is predicted from position t - 1
         keep = targets != -100                       # (B, T-1)
         logits = self.lm.get_output_embeddings()(hidden[:, :-1][keep])  # (M, V)

@@ -107,15 +107,20 @@ def grounding_by_head(model, processor, data_dir: Path, n_select: int = 60, n_te
             "mean_heads_heldout": round(test.mean().item(), 3), "n_tokens": [len(select), len(test)]}
 
 
-def heads_figure(by_head: dict, out: Path) -> Path:
-    ratios = torch.tensor(by_head["per_head_selection"])
+def plot_head_focus(by_head: dict):
+    """Heatmap (layers × heads) of the focus ratios from ``grounding_by_head``; returns the figure."""
+    ratios = torch.tensor(by_head["per_head_selection"])  # (L, H)
     fig, ax = plt.subplots(figsize=(5.6, 3.4))
     im = ax.imshow(ratios, cmap="viridis")
     ax.set_xlabel("head"), ax.set_ylabel("LM layer")
     ax.set_xticks(range(ratios.shape[1])), ax.set_yticks(range(ratios.shape[0]))
     ax.set_title("focus on the named object, per head")
     fig.colorbar(im, ax=ax, label="× uniform share")
-    return _save(fig, out / "attention_heads.png")
+    return fig
+
+
+def heads_figure(by_head: dict, out: Path) -> Path:
+    return _save(plot_head_focus(by_head), out / "attention_heads.png")
 
 
 def nearest_word_rate(model, processor, data_dir: Path, n_scenes: int = 100) -> dict:
