@@ -184,7 +184,10 @@ def cached_quickstart(cache_dir: str | Path | None = None, overrides: list[str] 
 
     overrides = list(overrides or [])
     cache_dir = Path(cache_dir or os.environ.get("MINILLAVA_NOTEBOOK_CACHE", Path.home() / ".cache" / "minillava"))
-    key = hashlib.sha1(json.dumps([load_config("tiny", overrides).to_dict(), _assets_id()]).encode()).hexdigest()[:10]
+    # fields left "off" ("" / False / 0) are left out of the key, so adding an opt-in feature to Config does not
+    # invalidate every cached model; any field that is switched on, or any changed value, still does
+    fields = {k: v for k, v in load_config("tiny", overrides).to_dict().items() if v not in ("", False, 0, None)}
+    key = hashlib.sha1(json.dumps([fields, _assets_id()]).encode()).hexdigest()[:10]
     out = cache_dir / f"quickstart-{key}"
     if not (out / "metrics.json").is_file():
         run_quickstart(out, overrides=overrides, progress=False, log=lambda message: None)
