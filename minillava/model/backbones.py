@@ -84,6 +84,11 @@ def load_lm(name: str, *, dtype=torch.float32, trust_remote_code: bool = False):
     path = _resolve(name, "lm")
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     lm = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code)
+    return register_image_token(lm, tokenizer)
+
+
+def register_image_token(lm, tokenizer):
+    """Add ``<image>`` as a special token (and a pad token if missing); grow the embedding table to match."""
     if IMAGE_TOKEN not in tokenizer.get_vocab():
         tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
     if tokenizer.pad_token is None:

@@ -114,8 +114,7 @@ def load_lm_4bit(name: str, *, trust_remote_code: bool = False):
 
     from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
-    from ..conversation import IMAGE_TOKEN
-    from .backbones import _resolve
+    from .backbones import _resolve, register_image_token
 
     require_4bit()
     path = _resolve(name, "lm")
@@ -124,10 +123,4 @@ def load_lm_4bit(name: str, *, trust_remote_code: bool = False):
     lm = AutoModelForCausalLM.from_pretrained(path, quantization_config=quant, trust_remote_code=trust_remote_code,
                                               device_map={"": int(os.environ.get("LOCAL_RANK", 0))})
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-    if IMAGE_TOKEN not in tokenizer.get_vocab():
-        tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    if len(tokenizer) > lm.get_input_embeddings().weight.shape[0]:
-        lm.resize_token_embeddings(len(tokenizer))
-    return lm, tokenizer
+    return register_image_token(lm, tokenizer)
