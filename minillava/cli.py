@@ -400,13 +400,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from .data.chat_teacher import TeacherError
-    from .train import NonFiniteLoss
+    from .data.chat_teacher import TeacherError  # torch-free, unlike the trainer
 
     try:
         args.func(args)
-    except (DataError, ValueError, FileNotFoundError, TeacherError, NonFiniteLoss) as e:
-        if os.environ.get("MINILLAVA_DEBUG"):
+    except (DataError, ValueError, FileNotFoundError, TeacherError, RuntimeError) as e:
+        # NonFiniteLoss can only come from the trainer, so it is looked up only if the trainer was imported:
+        # light commands (`data shapes`, `data instruct`) keep starting without torch
+        train = sys.modules.get("minillava.train")
+        expected = not isinstance(e, RuntimeError) or isinstance(e, TeacherError) or (
+            train is not None and isinstance(e, train.NonFiniteLoss))
+        if not expected or os.environ.get("MINILLAVA_DEBUG"):
             raise
         print(f"minillava: error: {e}", file=sys.stderr)
         return 2

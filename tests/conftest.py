@@ -54,18 +54,31 @@ def backbone_dirs(tmp_path_factory, random_model):
     return save_backbones(random_model, tmp_path_factory.mktemp("backbones"))
 
 
-@pytest.fixture(scope="session")
-def scene_dir(tmp_path_factory):
-    """60 embedded scenes with rule-teacher instructions for the train split."""
+def make_scene_dir(root, images: int):
+    """``images`` embedded scenes in ``root`` with rule-teacher instructions for the train split."""
     from minillava.data.llava_json import write_llava_json
     from minillava.data.records import load_split
     from minillava.data.shapes import write_shapes_dataset
     from minillava.data.teachers import generate_rule_instructions
 
-    root = tmp_path_factory.mktemp("scenes")
-    write_shapes_dataset(root, 60, seed=0)
+    write_shapes_dataset(root, images, seed=0)
     write_llava_json(root / "instruct_train.json", generate_rule_instructions(load_split(root, "train")))
     return root
+
+
+@pytest.fixture(scope="session")
+def scene_dir(tmp_path_factory):
+    """60 embedded scenes with rule-teacher instructions for the train split."""
+    return make_scene_dir(tmp_path_factory.mktemp("scenes"), 60)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """The models are tiny: one intra-op thread is as fast, and much faster on a machine that is busy."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture()

@@ -13,13 +13,7 @@ from minillava.stage0 import CLIP_MEAN, CLIP_STD, to_pixels
 QUESTION = "<image>\nWhat color is the circle?"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The models are tiny: one intra-op thread is as fast, and much faster on a machine that is busy."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny models, one thread
 
 
 @pytest.fixture(scope="module")

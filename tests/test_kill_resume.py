@@ -57,15 +57,8 @@ def in_process(fn, fault: str | None, log: Path) -> int:
 @pytest.fixture(scope="module")
 def small_scenes(tmp_path_factory):
     """20 scenes (16 train, 2 val): short runs, and a val split so the eval kill point is reached."""
-    from minillava.data.llava_json import write_llava_json
-    from minillava.data.records import load_split
-    from minillava.data.shapes import write_shapes_dataset
-    from minillava.data.teachers import generate_rule_instructions
-
-    root = tmp_path_factory.mktemp("kill_scenes")
-    write_shapes_dataset(root, 20, seed=0)
-    write_llava_json(root / "instruct_train.json", generate_rule_instructions(load_split(root, "train")))
-    return root
+    from conftest import make_scene_dir
+    return make_scene_dir(tmp_path_factory.mktemp("kill_scenes"), 20)
 
 
 def train_overrides(backbone_dirs, data_dir) -> dict:

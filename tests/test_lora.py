@@ -18,12 +18,7 @@ from minillava.train import run_stage, set_trainable  # noqa: E402
 LORA = dict(lora_r=4, lora_alpha=8.0, lora_dropout=0.0)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny models, one thread
 
 
 def _logits(model, seed: int = 0):
