@@ -8,11 +8,12 @@ tuned LLaMA). Offline on a CPU we have neither, so this recipe trains stand-ins 
    comes with a twin that differs in one object's shape, colour, size or cell, so colour alone cannot tell the
    pairs apart and the patch features must carry shape and position too;
 3. a tiny chat LM trained on text only, in the stage-2 template, to answer questions about a scene *described in
-   words* — the skill LLaVA inherits from Vicuna and transfers to image tokens in stage 2.
+   words* — the skill LLaVA inherits from Vicuna and transfers to image tokens in stage 2. An optional second
+   phase (``lm_focus_steps``, off in the shipped recipe) drills the kinds phase 1 leaves at the majority answer.
 
 Checks (``recipe.json``): linear probes on the frozen patch features (colour / shape / size / occupancy per
-cell) and the LM's text-only exact-match accuracy against the majority answer. The result is shipped in
-``minillava/assets/tiny`` and is what ``minillava quickstart`` starts from.
+cell, and which cell a patch sits in) and the LM's text-only exact-match accuracy against the majority answer.
+The result is shipped in ``minillava/assets/tiny`` and is what ``minillava quickstart`` starts from.
 """
 
 from __future__ import annotations
@@ -36,8 +37,9 @@ from transformers import CLIPConfig, CLIPModel, LlamaForCausalLM
 from .conversation import get_template, tokenize_conversation
 from .data.prompts import BRIEF_PROMPTS, DETAIL_PROMPTS
 from .data.shapes import COLORS, GRID, SHAPES, SIZES, Shape, generate_split, object_box, render_scene
-from .data.teachers import (answer_is_correct, describe_scene, reasoning_question, scene_questions)
+from .data.teachers import QA, answer_is_correct, describe_scene, reasoning_question, scene_questions
 from .data.llava_json import make_sample
+from .data.words import a
 from .model.backbones import image_processor_class, tiny_lm_config, tiny_vision_config, train_tiny_tokenizer
 
 CLIP_MEAN, CLIP_STD = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]
@@ -56,10 +58,19 @@ class Stage0Config:
     lm_batch: int = 24
     lm_lr: float = 2e-3
     max_length: int = 256
+    # phase 2 of the chat LM: short QA dialogues weighted to the kinds phase 1 left at the majority answer
+    lm_focus_steps: int = 0
+    lm_focus_batch: int = 32
+    lm_focus_lr: float = 1e-3
 
     def hash(self) -> str:
-        """Identifies the recipe: the shipped weights record it, and a test compares it with the code's."""
-        return hashlib.sha1(json.dumps(dataclasses.asdict(self), sort_keys=True).encode()).hexdigest()[:12]
+        """Identifies the recipe: the shipped weights record it, and a test compares it with the code's.
+
+        With the focus phase off its settings are left out, so adding that option kept the shipped hash."""
+        fields = dataclasses.asdict(self)
+        if not self.lm_focus_steps:
+            fields = {k: v for k, v in fields.items() if not k.startswith("lm_focus_")}
+        return hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
 
 
 # --- scenes as tensors ----------------------------------------------------------------------------------------
@@ -153,7 +164,7 @@ def train_clip(cfg: Stage0Config, scenes, tokenizer, log=print) -> CLIPModel:
 
 @torch.no_grad()
 def probe_features(vision, scenes_train, scenes_test, image_size: int, select_layer: int = -2) -> dict[str, float]:
-    """Linear probes on frozen per-patch features: can a linear map read each cell's contents?"""
+    """Linear probes on frozen per-patch features: can a linear map read each cell's contents and its place?"""
     from .model.vision import encode_images
 
     def features(scenes):
@@ -161,6 +172,7 @@ def probe_features(vision, scenes_train, scenes_test, image_size: int, select_la
                            for i in range(0, len(scenes), 256)])  # (B, 9, D)
         labels = {k: torch.full((len(scenes), GRID * GRID), -1, dtype=torch.long) for k in
                   ("occupied", "color", "shape", "size")}
+        labels["cell"] = torch.arange(GRID * GRID).repeat(len(scenes), 1)  # does a patch know where it is?
         for b, (_, layout, _) in enumerate(scenes):
             labels["occupied"][b] = 0
             for o in layout:
@@ -253,6 +265,64 @@ def train_chat_lm(cfg: Stage0Config, scenes, tokenizer, log=print) -> LlamaForCa
     return lm
 
 
+# Kinds that need the LM to find a named object in the scene text and read an attribute *not* next to the
+# name (size), check a colour+shape pair against every object (exists) or combine two cells (relation).
+# Phase 1 left them at the majority answer ("small", "yes"): the lookup is learned late, after a plateau.
+FOCUS_KINDS = ("exists", "size", "relation", "position")
+
+
+def focus_sample(record, rng: random.Random) -> dict:
+    """A short text-only dialogue (1–3 turns) that asks mostly about ``FOCUS_KINDS``; the scene is in words.
+
+    "No" exists-questions name an absent pair that shares its colour or its shape with an object in the scene,
+    so matching one word is not enough (the teacher's random absent pair usually shares neither)."""
+    qas = scene_questions(record, rng)
+    focus = [q for q in qas if q.kind in FOCUS_KINDS]
+    present = {f"{o.color} {o.category}" for o in record.objects}
+    near = [f"{c} {s}" for c in COLORS for s in SHAPES if f"{c} {s}" not in present
+            and any(c == o.color or s == o.category for o in record.objects)]
+    if near and rng.random() < 0.5:
+        miss = rng.choice(near)
+        focus.append(QA(f"Is there {a(miss)} in the image?", f"No, there is no {miss}.", "exists", "no"))
+    pool = focus if focus and rng.random() < 0.75 else qas
+    turns = [(q.question, q.answer) for q in rng.sample(pool, min(len(pool), rng.randint(1, 3)))]
+    sample = make_sample(f"focus_{record.image_id}", record.file_name, turns)
+    sample["conversations"][0]["value"] = sample["conversations"][0]["value"].replace("<image>",
+                                                                                      f"Scene: {record.captions[1]}")
+    return sample
+
+
+def focus_chat_lm(cfg: Stage0Config, lm, scenes, tokenizer, held_out=None, log=print) -> LlamaForCausalLM:
+    """Phase 2: a fresh AdamW on ``focus_sample`` dialogues, 3 in 10 of them phase-1 samples so nothing is forgotten.
+
+    It starts from the phase-1 LM rounded to bf16, i.e. from exactly the weights a phase-1-only recipe would
+    ship, so a run continued from shipped weights and a run from scratch take the same steps."""
+    lm.to(torch.bfloat16).to(torch.float32)
+    torch.manual_seed(cfg.seed + 2)
+    template = get_template("vicuna_v1")
+    opt = torch.optim.AdamW(lm.parameters(), lr=cfg.lm_focus_lr, weight_decay=0.0, betas=(0.9, 0.98))
+    steps, warm = cfg.lm_focus_steps, max(1, int(0.05 * cfg.lm_focus_steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+    rng = random.Random(cfg.seed + 2)
+    bar = tqdm(range(steps), desc="stage 0b: chat LM, focus phase")
+    for step in bar:
+        items = [tokenize_conversation((focus_sample if rng.random() < 0.7 else text_sample)(rng.choice(scenes)[0], rng),
+                                       tokenizer, template, image_tokens=1, max_length=cfg.max_length)
+                 for _ in range(cfg.lm_focus_batch)]
+        loss = lm(**collate(items, tokenizer.pad_token_id)).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(lm.parameters(), 1.0)
+        opt.step(), sched.step(), opt.zero_grad(set_to_none=True)
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+        if step % 100 == 0 or step == steps - 1:
+            row = {"stage": "0b-focus", "step": step, "loss": round(loss.item(), 4)}
+            if held_out is not None and (step % 200 == 0 or step == steps - 1):
+                row["text_qa"] = {k: v["accuracy"] for k, v in text_qa_accuracy(lm, tokenizer, held_out, 300).items()}
+            log(json.dumps(row))
+    return lm
+
+
 @torch.no_grad()
 def text_qa_accuracy(lm, tokenizer, scenes, max_questions: int = 600) -> dict:
     """Exact-match accuracy per question kind when the scene is given in words, and the majority baseline."""
@@ -313,6 +383,13 @@ def run_stage0(out_dir: str | Path, cfg: Stage0Config | None = None, log=print) 
     t = time.perf_counter()
     lm = train_chat_lm(cfg, scenes, tokenizer, log)
     seconds["lm"] = time.perf_counter() - t
+    phase1_qa = None
+    if cfg.lm_focus_steps:
+        phase1_qa = text_qa_accuracy(lm, tokenizer, held_out)
+        log(json.dumps({"stage": "0b", "text_qa_phase1": phase1_qa}))
+        t = time.perf_counter()
+        lm = focus_chat_lm(cfg, lm, scenes, tokenizer, held_out, log)
+        seconds["lm_focus"] = time.perf_counter() - t
     qa = text_qa_accuracy(lm, tokenizer, held_out)
     log(json.dumps({"stage": "0b", "text_qa": qa}))
 
@@ -329,6 +406,8 @@ def run_stage0(out_dir: str | Path, cfg: Stage0Config | None = None, log=print) 
     recipe = {"config": dataclasses.asdict(cfg), "config_hash": cfg.hash(), "seconds": {k: round(v, 1) for k, v in
               seconds.items()}, "probes": probes, "text_qa": qa, "torch": torch.__version__,
               "machine": "2 CPU cores" if torch.get_num_threads() <= 2 else f"{torch.get_num_threads()} CPU threads"}
+    if phase1_qa:
+        recipe["text_qa_phase1"] = phase1_qa
     recipe["files"] = shipped_file_hashes(out_dir)
     (out_dir / "recipe.json").write_text(json.dumps(recipe, indent=1))
     return recipe

@@ -21,6 +21,33 @@ def test_recipe_runs_a_few_steps_and_saves_loadable_backbones(tmp_path):
     assert recipe["files"] == shipped_file_hashes(tmp_path)
 
 
+def test_focus_phase_runs_and_records_both_phases(tmp_path):
+    cfg = Stage0Config(scenes=200, clip_steps=2, clip_batch=8, lm_steps=2, lm_batch=4, lm_focus_steps=2,
+                       lm_focus_batch=4)
+    assert cfg.hash() != Stage0Config(scenes=200, clip_steps=2, clip_batch=8, lm_steps=2, lm_batch=4).hash()
+    recipe = run_stage0(tmp_path, cfg, log=lambda s: None)
+    assert set(recipe["text_qa_phase1"]) == set(recipe["text_qa"]) and recipe["seconds"]["lm_focus"] > 0
+
+
+def test_focus_samples_ask_mostly_hard_kinds_and_near_miss_absent_pairs_are_absent():
+    import random
+    from minillava.stage0 import FOCUS_KINDS, focus_sample
+    rng, kinds, near_misses = random.Random(0), [], 0
+    for record, _, _ in generate_split(300, "train", seed=3):
+        sample = focus_sample(record, rng)
+        assert sample["conversations"][0]["value"].startswith(f"Scene: {record.captions[1]}")
+        present = {f"{o.color} {o.category}" for o in record.objects}
+        for turn in sample["conversations"][::2]:
+            question = turn["value"].split("\n")[-1]
+            if question.startswith("Is there"):
+                pair = " ".join(question.split()[3:5])
+                if pair not in present and any(w in pair.split() for o in record.objects for w in (o.color, o.category)):
+                    near_misses += 1
+            kinds.append(question)
+    hard = sum(q.startswith(("Is there", "Is the", "Where is")) for q in kinds)
+    assert hard / len(kinds) > 0.6 and near_misses > 30
+
+
 def test_hard_negative_twin_differs_in_exactly_one_attribute():
     for _, layout, _ in generate_split(50, "train", seed=1):
         import random
@@ -40,11 +67,13 @@ def test_shipped_weights_match_the_recipe():
 
 
 @pytest.mark.skipif(not (TINY_DIR / "recipe.json").is_file(), reason="no shipped tiny backbones in this checkout")
-def test_shipped_vision_features_encode_colour_shape_size():
-    """Re-measured here: linear probes on the frozen penultimate-layer patch features, held-out layouts."""
+def test_shipped_vision_features_encode_colour_shape_size_and_place():
+    """Re-measured here: linear probes on the frozen penultimate-layer patch features, held-out layouts.
+
+    ``cell``: which of the 9 grid cells a patch sits in, i.e. whether position survives to the features."""
     vision, _ = load_vision("tiny")
     probes = probe_features(vision, generate_split(600, "train", seed=77), generate_split(200, "val", seed=77), 96)
-    for task in ("color", "shape", "size", "occupied"):
+    for task in ("color", "shape", "size", "occupied", "cell"):
         assert probes[task] > probes[f"{task}_majority"] + 0.2, (task, probes)
 
 
