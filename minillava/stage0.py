@@ -241,28 +241,37 @@ def collate(items: list[dict], pad_id: int) -> dict:
     return {"input_ids": ids, "labels": labels, "attention_mask": mask}
 
 
-def train_chat_lm(cfg: Stage0Config, scenes, tokenizer, log=print) -> LlamaForCausalLM:
-    torch.manual_seed(cfg.seed)
-    lm = LlamaForCausalLM(tiny_lm_config(len(tokenizer), tokenizer))
+def fit_lm(lm, tokenizer, draw, rng: random.Random, *, steps: int, batch: int, lr: float, warmup: float,
+           max_length: int, desc: str, report) -> LlamaForCausalLM:
+    """AdamW + warmup/cosine on text dialogues ``draw(rng)`` in the stage-2 template; ``report(step, loss)`` logs."""
     template = get_template("vicuna_v1")
-    opt = torch.optim.AdamW(lm.parameters(), lr=cfg.lm_lr, weight_decay=0.0, betas=(0.9, 0.98))
-    warm = max(1, int(0.03 * cfg.lm_steps))
+    opt = torch.optim.AdamW(lm.parameters(), lr=lr, weight_decay=0.0, betas=(0.9, 0.98))
+    warm = max(1, int(warmup * steps))
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(s, cfg.lm_steps) / cfg.lm_steps)))
-    rng = random.Random(cfg.seed + 1)
-    bar = tqdm(range(cfg.lm_steps), desc="stage 0b: tiny chat LM")
+        opt, lambda s: min(1, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+    bar = tqdm(range(steps), desc=desc)
     for step in bar:
-        items = [tokenize_conversation(text_sample(rng.choice(scenes)[0], rng), tokenizer, template, image_tokens=1,
-                                       max_length=cfg.max_length) for _ in range(cfg.lm_batch)]
-        batch = collate(items, tokenizer.pad_token_id)
-        loss = lm(**batch).loss
+        items = [tokenize_conversation(draw(rng), tokenizer, template, image_tokens=1, max_length=max_length)
+                 for _ in range(batch)]
+        loss = lm(**collate(items, tokenizer.pad_token_id)).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(lm.parameters(), 1.0)
         opt.step(), sched.step(), opt.zero_grad(set_to_none=True)
         bar.set_postfix(loss=f"{loss.item():.3f}")
-        if step % 100 == 0:
-            log(json.dumps({"stage": "0b", "step": step, "loss": round(loss.item(), 4)}))
+        report(step, loss.item())
     return lm
+
+
+def train_chat_lm(cfg: Stage0Config, scenes, tokenizer, log=print) -> LlamaForCausalLM:
+    torch.manual_seed(cfg.seed)
+    lm = LlamaForCausalLM(tiny_lm_config(len(tokenizer), tokenizer))
+
+    def report(step: int, loss: float) -> None:
+        if step % 100 == 0:
+            log(json.dumps({"stage": "0b", "step": step, "loss": round(loss, 4)}))
+    return fit_lm(lm, tokenizer, lambda rng: text_sample(rng.choice(scenes)[0], rng), random.Random(cfg.seed + 1),
+                  steps=cfg.lm_steps, batch=cfg.lm_batch, lr=cfg.lm_lr, warmup=0.03, max_length=cfg.max_length,
+                  desc="stage 0b: tiny chat LM", report=report)
 
 
 # Kinds that need the LM to find a named object in the scene text and read an attribute *not* next to the
@@ -299,28 +308,18 @@ def focus_chat_lm(cfg: Stage0Config, lm, scenes, tokenizer, held_out=None, log=p
     ship, so a run continued from shipped weights and a run from scratch take the same steps."""
     lm.to(torch.bfloat16).to(torch.float32)
     torch.manual_seed(cfg.seed + 2)
-    template = get_template("vicuna_v1")
-    opt = torch.optim.AdamW(lm.parameters(), lr=cfg.lm_focus_lr, weight_decay=0.0, betas=(0.9, 0.98))
-    steps, warm = cfg.lm_focus_steps, max(1, int(0.05 * cfg.lm_focus_steps))
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
-    rng = random.Random(cfg.seed + 2)
-    bar = tqdm(range(steps), desc="stage 0b: chat LM, focus phase")
-    for step in bar:
-        items = [tokenize_conversation((focus_sample if rng.random() < 0.7 else text_sample)(rng.choice(scenes)[0], rng),
-                                       tokenizer, template, image_tokens=1, max_length=cfg.max_length)
-                 for _ in range(cfg.lm_focus_batch)]
-        loss = lm(**collate(items, tokenizer.pad_token_id)).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(lm.parameters(), 1.0)
-        opt.step(), sched.step(), opt.zero_grad(set_to_none=True)
-        bar.set_postfix(loss=f"{loss.item():.3f}")
+    steps = cfg.lm_focus_steps
+
+    def report(step: int, loss: float) -> None:
         if step % 100 == 0 or step == steps - 1:
-            row = {"stage": "0b-focus", "step": step, "loss": round(loss.item(), 4)}
+            row = {"stage": "0b-focus", "step": step, "loss": round(loss, 4)}
             if held_out is not None and (step % 200 == 0 or step == steps - 1):
                 row["text_qa"] = {k: v["accuracy"] for k, v in text_qa_accuracy(lm, tokenizer, held_out, 300).items()}
             log(json.dumps(row))
-    return lm
+    return fit_lm(lm, tokenizer,
+                  lambda rng: (focus_sample if rng.random() < 0.7 else text_sample)(rng.choice(scenes)[0], rng),
+                  random.Random(cfg.seed + 2), steps=steps, batch=cfg.lm_focus_batch, lr=cfg.lm_focus_lr,
+                  warmup=0.05, max_length=cfg.max_length, desc="stage 0b: chat LM, focus phase", report=report)
 
 
 @torch.no_grad()

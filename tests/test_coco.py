@@ -117,18 +117,23 @@ def _server():
     server.server_close()
 
 
+def point_coco_at(server, monkeypatch) -> None:
+    """Proxies bypassed for 127.0.0.1 and coco.FILES matched (size, md5) to the files ``server`` serves."""
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    for name, spec in list(coco.FILES.items()):
+        data = server.state.files.get("/" + spec.path)
+        if data is not None:
+            monkeypatch.setitem(coco.FILES, name, coco.RemoteFile(spec.path, len(data), hashlib.md5(data).hexdigest()))
+    server.url = f"http://127.0.0.1:{server.server_address[1]}"
+
+
 @pytest.fixture
 def server(_server, monkeypatch):
     """The local server, freshly reset; proxies bypassed, progress bars off, the table matched to the fakes."""
     _server.state.reset()
-    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
     monkeypatch.setenv("TQDM_DISABLE", "1")
-    for name, spec in list(coco.FILES.items()):
-        data = _server.state.files.get("/" + spec.path)
-        if data is not None:
-            monkeypatch.setitem(coco.FILES, name, coco.RemoteFile(spec.path, len(data), hashlib.md5(data).hexdigest()))
-    _server.url = f"http://127.0.0.1:{_server.server_address[1]}"
+    point_coco_at(_server, monkeypatch)
     return _server
 
 

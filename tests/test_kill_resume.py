@@ -182,13 +182,7 @@ def coco_server(monkeypatch):
     server.state = test_coco._State()
     server.state.files["/big.bin"] = os.urandom(int(2.5 * coco.CHUNK))
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    server.url = f"http://127.0.0.1:{server.server_address[1]}"
-    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    for name, spec in list(coco.FILES.items()):
-        data = server.state.files.get("/" + spec.path)
-        if data is not None:
-            monkeypatch.setitem(coco.FILES, name, coco.RemoteFile(spec.path, len(data), hashlib.md5(data).hexdigest()))
+    test_coco.point_coco_at(server, monkeypatch)
     yield server
     server.shutdown()
     server.server_close()
