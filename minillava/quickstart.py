@@ -187,14 +187,14 @@ def cached_quickstart(cache_dir: str | Path | None = None, overrides: list[str] 
     # fields left "off" ("" / False / 0) are left out of the key, so adding an opt-in feature to Config does not
     # invalidate every cached model; any field that is switched on, or any changed value, still does
     fields = {k: v for k, v in load_config("tiny", overrides).to_dict().items() if v not in ("", False, 0, None)}
-    key = hashlib.sha1(json.dumps([fields, _assets_id()]).encode()).hexdigest()[:10]
+    key = hashlib.sha1(json.dumps([fields, shipped_recipe_hash()]).encode()).hexdigest()[:10]
     out = cache_dir / f"quickstart-{key}"
     if not (out / "metrics.json").is_file():
         run_quickstart(out, overrides=overrides, progress=False, log=lambda message: None)
     return json.loads((out / "metrics.json").read_text()) | {"out_dir": str(out)}
 
 
-def _assets_id() -> str:
+def shipped_recipe_hash() -> str:
     from .model.backbones import TINY_DIR
     recipe = TINY_DIR / "recipe.json"
     return json.loads(recipe.read_text()).get("config_hash", "") if recipe.is_file() else ""

@@ -8,8 +8,8 @@ tuned LLaMA). Offline on a CPU we have neither, so this recipe trains stand-ins 
    comes with a twin that differs in one object's shape, colour, size or cell, so colour alone cannot tell the
    pairs apart and the patch features must carry shape and position too;
 3. a tiny chat LM trained on text only, in the stage-2 template, to answer questions about a scene *described in
-   words* — the skill LLaVA inherits from Vicuna and transfers to image tokens in stage 2. An optional second
-   phase (``lm_focus_steps``, off in the shipped recipe) drills the kinds phase 1 leaves at the majority answer.
+   words* — the skill LLaVA inherits from Vicuna and transfers to image tokens in stage 2. A second phase
+   (``lm_focus_steps``) drills the kinds phase 1 leaves at the majority answer (existence, position, relations).
 
 Checks (``recipe.json``): linear probes on the frozen patch features (colour / shape / size / occupancy per
 cell, and which cell a patch sits in) and the LM's text-only exact-match accuracy against the majority answer.
@@ -59,14 +59,15 @@ class Stage0Config:
     lm_lr: float = 2e-3
     max_length: int = 256
     # phase 2 of the chat LM: short QA dialogues weighted to the kinds phase 1 left at the majority answer
-    lm_focus_steps: int = 0
+    lm_focus_steps: int = 2000          # 0 = phase 1 only (the recipe before 2026-11-26, hash 7625c17986d6)
     lm_focus_batch: int = 32
-    lm_focus_lr: float = 1e-3
+    lm_focus_lr: float = 2e-3
 
     def hash(self) -> str:
         """Identifies the recipe: the shipped weights record it, and a test compares it with the code's.
 
-        With the focus phase off its settings are left out, so adding that option kept the shipped hash."""
+        With the focus phase off its settings are left out, so a phase-1-only recipe keeps the hash it had before
+        the option existed (``add_focus_phase`` checks a directory against it)."""
         fields = dataclasses.asdict(self)
         if not self.lm_focus_steps:
             fields = {k: v for k, v in fields.items() if not k.startswith("lm_focus_")}
@@ -407,6 +408,35 @@ def run_stage0(out_dir: str | Path, cfg: Stage0Config | None = None, log=print) 
               "machine": "2 CPU cores" if torch.get_num_threads() <= 2 else f"{torch.get_num_threads()} CPU threads"}
     if phase1_qa:
         recipe["text_qa_phase1"] = phase1_qa
+    recipe["files"] = shipped_file_hashes(out_dir)
+    (out_dir / "recipe.json").write_text(json.dumps(recipe, indent=1))
+    return recipe
+
+
+def add_focus_phase(out_dir: str | Path, cfg: Stage0Config, log=print) -> dict:
+    """Run only the focus phase on a recipe directory made without one (its tower and tokenizer are kept).
+
+    Equal to ``run_stage0(out_dir, cfg)`` from scratch, because the focus phase starts from the phase-1 LM rounded
+    to bf16 — which is what the directory holds — and uses the same scenes and seeds; it saves the ~55 minutes of
+    retraining the tower and phase 1. This is how the shipped LM got its focus phase."""
+    from transformers import AutoTokenizer
+    out_dir = Path(out_dir)
+    recipe = json.loads((out_dir / "recipe.json").read_text())
+    phase1 = Stage0Config(**{**recipe["config"], **{k: v for k, v in dataclasses.asdict(cfg).items()
+                                                    if k.startswith("lm_focus_")}, "lm_focus_steps": 0})
+    if recipe["config_hash"] != phase1.hash() or not cfg.lm_focus_steps:
+        raise ValueError(f"{out_dir}: recipe {recipe['config_hash']} is not this config without its focus phase")
+    scenes = generate_split(cfg.scenes, "train", seed=10_000 + cfg.seed, size_px=cfg.image_size)
+    held_out = generate_split(max(200, cfg.scenes // 20), "val", seed=10_000 + cfg.seed, size_px=cfg.image_size)
+    tokenizer = AutoTokenizer.from_pretrained(out_dir / "lm")
+    lm = LlamaForCausalLM.from_pretrained(out_dir / "lm", dtype=torch.float32)
+    t = time.perf_counter()
+    lm = focus_chat_lm(cfg, lm, scenes, tokenizer, held_out, log)
+    recipe["seconds"]["lm_focus"] = round(time.perf_counter() - t, 1)
+    recipe["seconds"]["total"] = round(recipe["seconds"]["total"] + recipe["seconds"]["lm_focus"], 1)
+    recipe["text_qa_phase1"], recipe["text_qa"] = recipe["text_qa"], text_qa_accuracy(lm, tokenizer, held_out)
+    recipe.update(config=dataclasses.asdict(cfg), config_hash=cfg.hash())
+    lm.to(torch.bfloat16).save_pretrained(out_dir / "lm")
     recipe["files"] = shipped_file_hashes(out_dir)
     (out_dir / "recipe.json").write_text(json.dumps(recipe, indent=1))
     return recipe

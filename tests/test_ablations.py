@@ -3,6 +3,7 @@
 import json
 
 from minillava.eval.ablations import ARMS, FULL, mix_samples, run_ablations, summarise
+from minillava.quickstart import shipped_recipe_hash
 
 
 def _samples(n):
@@ -51,4 +52,9 @@ def test_ablate_runs_arms_writes_results_and_resumes(tmp_path):
                           log=lambda m: None)
     assert stamp.stat().st_mtime_ns == before            # a finished (arm, seed) is not trained again
     assert json.loads(stamp.read_text())["budget"] == budget
-    assert again["runs"] == result["runs"]
+    assert again["runs"] == result["runs"] and again["backbones"] == shipped_recipe_hash()
+    # a run made from other stage-0 weights is trained again, not mixed into the table
+    stamp.write_text(json.dumps(json.loads(stamp.read_text()) | {"backbones": "an-older-recipe"}))
+    run_ablations(tmp_path / "runs", tmp_path / "results", seeds=(0,), arms=["full"], budget=budget,
+                  log=lambda m: None)
+    assert json.loads(stamp.read_text())["backbones"] == shipped_recipe_hash()

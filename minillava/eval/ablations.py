@@ -127,11 +127,12 @@ def summarise(runs: list[dict]) -> dict:
     return table
 
 
-def markdown(table: dict, budget: list[str]) -> str:
+def markdown(table: dict, budget: list[str], backbones: str = "") -> str:
     lines = ["# Ablations on the embedded benchmark (tiny preset)", "",
              f"Budget per arm: {' '.join(budget)}; mean ± sd over seeds. Relative score: rule judge, 30 held-out "
              "scenes × 3 categories. Accuracy: exact match on 300 held-out questions. The paper's numbers are from "
-             "other benchmarks (see the last columns): compare the direction of each change, not the values.", "",
+             "other benchmarks (see the last columns): compare the direction of each change, not the values."
+             + (f" Stage-0 backbones: recipe {backbones}." if backbones else ""), "",
              "| arm | conv | detail | complex | all | exact-match acc. | paper | paper metric |",
              "|---|---|---|---|---|---|---|---|"]
     fmt = lambda d: "—" if d is None else f"{d['mean']:.1f} ± {d['sd']:.1f}"  # noqa: E731
@@ -168,10 +169,11 @@ def run_ablations(out_dir: str | Path, results_dir: str | Path = "results", seed
                   budget: list[str] | None = None, progress: bool = False, log=print) -> dict:
     """Every arm × seed (finished ones are reused), then ``results_dir/ablations.{json,md,png}``."""
     from ..config import load_config
-    from ..quickstart import prepare_data
+    from ..quickstart import prepare_data, shipped_recipe_hash
 
     out_dir, results_dir = Path(out_dir).resolve(), Path(results_dir)
     budget = list(ABLATION_BUDGET if budget is None else budget)
+    backbones = shipped_recipe_hash()  # a run made from other stage-0 weights is not reused
     # one scene set for every arm and seed (data seed 0); the arms' seeds vary W's init and the batch order
     data_dir = prepare_data(load_config("tiny", [f"data_dir={out_dir / 'data'}", *budget, "seed=0"]), log)
     features: dict = {}
@@ -181,20 +183,20 @@ def run_ablations(out_dir: str | Path, results_dir: str | Path = "results", seed
             if arm not in ARMS:
                 raise ValueError(f"unknown ablation arm {arm!r}; expected one of {', '.join(ARMS)}")
             run_dir = out_dir / arm.replace(" ", "_").replace("%", "pct").replace("+", "_") / f"seed{seed}"
-            done = run_dir / "metrics.json"
-            if done.is_file() and json.loads(done.read_text()).get("budget") == budget:
+            done, stamp = run_dir / "metrics.json", {"budget": budget, "backbones": backbones}
+            if done.is_file() and {k: json.loads(done.read_text()).get(k) for k in stamp} == stamp:
                 runs.append(json.loads(done.read_text()))
                 continue
             run_dir.mkdir(parents=True, exist_ok=True)
-            metrics = run_arm(arm, seed, run_dir, data_dir, budget, features, progress) | {"budget": budget}
+            metrics = run_arm(arm, seed, run_dir, data_dir, budget, features, progress) | stamp
             done.write_text(json.dumps(metrics, indent=1))
             log(f"{arm} seed {seed}: all {metrics['relative_score'].get('all')} "
                 f"acc {metrics['accuracy']['all']} ({metrics['train_seconds']} s)")
             runs.append(metrics)
     table = summarise(runs)
     results_dir.mkdir(parents=True, exist_ok=True)
-    result = {"budget": budget, "seeds": list(seeds), "arms": table, "runs": runs}
+    result = {"budget": budget, "backbones": backbones, "seeds": list(seeds), "arms": table, "runs": runs}
     (results_dir / "ablations.json").write_text(json.dumps(result, indent=1))
-    (results_dir / "ablations.md").write_text(markdown(table, budget))
+    (results_dir / "ablations.md").write_text(markdown(table, budget, backbones))
     plot(table, results_dir / "ablations.png")
     return result
