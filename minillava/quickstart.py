@@ -195,6 +195,7 @@ def cached_quickstart(cache_dir: str | Path | None = None, overrides: list[str] 
 
 
 def shipped_recipe_hash() -> str:
+    """The stage-0 config hash of the shipped tiny backbones ('' without them); results made from them record it."""
     from .model.backbones import TINY_DIR
     recipe = TINY_DIR / "recipe.json"
     return json.loads(recipe.read_text()).get("config_hash", "") if recipe.is_file() else ""
