@@ -364,13 +364,18 @@ def text_qa_accuracy(lm, tokenizer, scenes, max_questions: int = 600) -> dict:
 
 # --- the whole recipe ---------------------------------------------------------------------------------------------
 
+def recipe_scenes(cfg: Stage0Config):
+    """The recipe's training scenes (train bucket) and the held-out ones its checks use (val bucket)."""
+    return (generate_split(cfg.scenes, "train", seed=10_000 + cfg.seed, size_px=cfg.image_size),
+            generate_split(max(200, cfg.scenes // 20), "val", seed=10_000 + cfg.seed, size_px=cfg.image_size))
+
+
 def run_stage0(out_dir: str | Path, cfg: Stage0Config | None = None, log=print) -> dict:
     """Train tokenizer, tiny CLIP and tiny chat LM; save them (bf16 safetensors) with ``recipe.json``."""
     cfg = cfg or Stage0Config()
     out_dir = Path(out_dir)
     start = time.perf_counter()
-    scenes = generate_split(cfg.scenes, "train", seed=10_000 + cfg.seed, size_px=cfg.image_size)
-    held_out = generate_split(max(200, cfg.scenes // 20), "val", seed=10_000 + cfg.seed, size_px=cfg.image_size)
+    scenes, held_out = recipe_scenes(cfg)
     tokenizer = train_tiny_tokenizer(corpus(scenes), cfg.vocab_size)
     seconds = {"scenes_and_tokenizer": time.perf_counter() - start}
 
@@ -426,8 +431,7 @@ def add_focus_phase(out_dir: str | Path, cfg: Stage0Config, log=print) -> dict:
                                                     if k.startswith("lm_focus_")}, "lm_focus_steps": 0})
     if recipe["config_hash"] != phase1.hash() or not cfg.lm_focus_steps:
         raise ValueError(f"{out_dir}: recipe {recipe['config_hash']} is not this config without its focus phase")
-    scenes = generate_split(cfg.scenes, "train", seed=10_000 + cfg.seed, size_px=cfg.image_size)
-    held_out = generate_split(max(200, cfg.scenes // 20), "val", seed=10_000 + cfg.seed, size_px=cfg.image_size)
+    scenes, held_out = recipe_scenes(cfg)
     tokenizer = AutoTokenizer.from_pretrained(out_dir / "lm")
     lm = LlamaForCausalLM.from_pretrained(out_dir / "lm", dtype=torch.float32)
     t = time.perf_counter()

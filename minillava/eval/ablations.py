@@ -184,8 +184,9 @@ def run_ablations(out_dir: str | Path, results_dir: str | Path = "results", seed
                 raise ValueError(f"unknown ablation arm {arm!r}; expected one of {', '.join(ARMS)}")
             run_dir = out_dir / arm.replace(" ", "_").replace("%", "pct").replace("+", "_") / f"seed{seed}"
             done, stamp = run_dir / "metrics.json", {"budget": budget, "backbones": backbones}
-            if done.is_file() and {k: json.loads(done.read_text()).get(k) for k in stamp} == stamp:
-                runs.append(json.loads(done.read_text()))
+            previous = json.loads(done.read_text()) if done.is_file() else {}
+            if {k: previous.get(k) for k in stamp} == stamp:
+                runs.append(previous)
                 continue
             run_dir.mkdir(parents=True, exist_ok=True)
             metrics = run_arm(arm, seed, run_dir, data_dir, budget, features, progress) | stamp
