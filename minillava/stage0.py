@@ -211,9 +211,14 @@ def probe_features(vision, scenes_train, scenes_test, image_size: int, select_la
 
 # --- 3. tiny chat LM ------------------------------------------------------------------------------------------
 
+def scene_in_words(record) -> str:
+    """What stands in for the image in every text-only dialogue: 'Scene: A large red circle at the top left, ...'"""
+    return f"Scene: {record.captions[1]}"
+
+
 def text_sample(record, rng: random.Random) -> dict:
     """A text-only dialogue about a scene given in words, in the stage-2 template (the image is a sentence)."""
-    scene = f"Scene: {record.captions[1]}"
+    scene = scene_in_words(record)
     kind = rng.random()
     if kind < 0.6:
         qas = scene_questions(record, rng)
@@ -254,7 +259,7 @@ def fit_lm(lm, tokenizer, draw, rng: random.Random, *, steps: int, batch: int, l
     for step in bar:
         items = [tokenize_conversation(draw(rng), tokenizer, template, image_tokens=1, max_length=max_length)
                  for _ in range(batch)]
-        loss = lm(**collate(items, tokenizer.pad_token_id)).loss
+        loss = lm(**{k: v.to(lm.device) for k, v in collate(items, tokenizer.pad_token_id).items()}).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(lm.parameters(), 1.0)
         opt.step(), sched.step(), opt.zero_grad(set_to_none=True)
@@ -297,8 +302,7 @@ def focus_sample(record, rng: random.Random) -> dict:
     pool = focus if focus and rng.random() < 0.75 else qas
     turns = [(q.question, q.answer) for q in rng.sample(pool, min(len(pool), rng.randint(1, 3)))]
     sample = make_sample(f"focus_{record.image_id}", record.file_name, turns)
-    sample["conversations"][0]["value"] = sample["conversations"][0]["value"].replace("<image>",
-                                                                                      f"Scene: {record.captions[1]}")
+    sample["conversations"][0]["value"] = sample["conversations"][0]["value"].replace("<image>", scene_in_words(record))
     return sample
 
 
@@ -339,14 +343,14 @@ def text_qa_accuracy(lm, tokenizer, scenes, max_questions: int = 600) -> dict:
     total = Counter()
     for i in range(0, len(rows), 64):
         chunk = rows[i:i + 64]
-        prompts = [prompt_ids(f"Scene: {r.captions[1]}\n{qa.question}", tokenizer, template, image_tokens=1)
+        prompts = [prompt_ids(f"{scene_in_words(r)}\n{qa.question}", tokenizer, template, image_tokens=1)
                    for r, qa in chunk]
         length = max(len(p) for p in prompts)
         ids = torch.full((len(prompts), length), tokenizer.pad_token_id)
         mask = torch.zeros_like(ids)
         for j, p in enumerate(prompts):  # left padding for generation
             ids[j, length - len(p):], mask[j, length - len(p):] = p, 1
-        out = lm.generate(input_ids=ids, attention_mask=mask, max_new_tokens=24, do_sample=False,
+        out = lm.generate(input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device), max_new_tokens=24, do_sample=False,
                           eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
         for (r, qa), seq in zip(chunk, out[:, length:]):
             text = tokenizer.decode(seq, skip_special_tokens=True)

@@ -24,6 +24,16 @@ def test_stage1_trains_only_the_projector(tiny_cfg, tmp_path):
     assert saved and all(k.startswith("projector.") for k in saved)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none here)")
+def test_both_stages_run_on_cuda_from_a_model_built_on_the_cpu(tiny_cfg, tmp_path):
+    # the quickstart's path: build on the CPU, compute Z_v once, then train on the GPU with bf16 autocast
+    # (Z_v used to be computed with the pixels on the GPU and the tower still on the CPU — found on an H100)
+    cfg = tiny_cfg(device="cuda")
+    model, s1 = run_stage(cfg, 1, tmp_path / "s1")
+    model, s2 = run_stage(cfg, 2, tmp_path / "s2", model=model, processor=s1["processor"], features=s1["features"])
+    assert next(model.parameters()).is_cuda and torch.isfinite(torch.tensor(s2["last_loss"]))
+
+
 def test_stage2_trains_projector_and_lm_and_loss_falls(tiny_cfg, tmp_path):
     cfg = tiny_cfg(stage2_steps=30, stage2_lr=3e-3, log_every=1, save_every=100)
     model, summary = run_stage(cfg, 2, tmp_path / "s2")

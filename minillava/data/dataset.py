@@ -194,6 +194,7 @@ def compute_features(model, image_root: Path, names: list[str], processor, batch
     """Z_v for every image once, through the frozen tower: (num_images, N, Dv) on the CPU."""
     from tqdm.auto import tqdm
 
+    model.vision.to(device)  # g is frozen: computing Z_v where the run trains, before the trainer moves the rest
     out = []
     for i in tqdm(range(0, len(names), batch_size), desc="image features", disable=not progress):
         images = [load_image(Path(image_root) / name) for name in names[i:i + batch_size]]
