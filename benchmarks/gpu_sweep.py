@@ -42,6 +42,7 @@ LM_VARIANTS = {  # name -> (LM shape overrides, scene format, focus steps multip
     "lm_big_attr": (dict(hidden_size=256, intermediate_size=688, num_hidden_layers=6, num_attention_heads=8,
                          num_key_value_heads=8), "attributes_after_name", 1),
     "lm_focus_x3": ({}, "caption", 3),
+    "lm_mixed": ({}, "mixed", 1),  # the next lead: both lookups, hoping to keep shape (caption) and exists (attr)
 }
 VARIANTS = ["qs_cuda", "s2_x3", "s2_x8", *LM_VARIANTS, "s2_given_lm"]
 
@@ -99,8 +100,11 @@ def train_lm(name: str, work: Path, record: Recorder, smoke: bool) -> Path:
     from minillava.model.backbones import tiny_lm_config
 
     shape, fmt, focus_mult = LM_VARIANTS[name]
+    caption_format = stage0.scene_in_words
     if fmt == "attributes_after_name":
         stage0.scene_in_words = attributes_after_name  # every text-only sample and the text QA check use it
+    elif fmt == "mixed":  # each scene in one of the two formats, fixed per scene so the text QA check is stable
+        stage0.scene_in_words = lambda r: (attributes_after_name if r.image_id % 2 else caption_format)(r)
     cfg = stage0.Stage0Config()
     cfg = dataclasses.replace(cfg, lm_focus_steps=cfg.lm_focus_steps * focus_mult)
     if smoke:
