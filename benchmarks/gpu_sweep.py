@@ -131,6 +131,11 @@ def train_lm(name: str, work: Path, record: Recorder, smoke: bool) -> Path:
     qa = stage0.text_qa_accuracy(lm, tokenizer, held_out)
     record("text_qa", {k: v["accuracy"] for k, v in qa.items()})
     record("text_qa_majority", {k: v["majority"] for k, v in qa.items()})
+    if fmt == "mixed":  # and each format on its own, to compare with the one-format LMs
+        for label, fn in (("caption", caption_format), ("attributes_after_name", attributes_after_name)):
+            stage0.scene_in_words = fn
+            record(f"text_qa_{label}", {k: v["accuracy"] for k, v in
+                                         stage0.text_qa_accuracy(lm, tokenizer, held_out).items()})
     lm_dir = work / "lm"
     lm.to(torch.bfloat16).save_pretrained(lm_dir)
     tokenizer.save_pretrained(lm_dir)
