@@ -34,17 +34,18 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 ASSETS = ROOT / "minillava" / "assets" / "tiny"
 
+BIG_LM = dict(hidden_size=256, intermediate_size=688, num_hidden_layers=6, num_attention_heads=8,
+              num_key_value_heads=8)  # 2.5x the shipped chat LM's parameters
 LM_VARIANTS = {  # name -> (LM shape overrides, scene format, focus steps multiplier)
     "lm_control": ({}, "caption", 1),
-    "lm_big": (dict(hidden_size=256, intermediate_size=688, num_hidden_layers=6, num_attention_heads=8,
-                    num_key_value_heads=8), "caption", 1),
+    "lm_big": (BIG_LM, "caption", 1),
     "lm_attr": ({}, "attributes_after_name", 1),
-    "lm_big_attr": (dict(hidden_size=256, intermediate_size=688, num_hidden_layers=6, num_attention_heads=8,
-                         num_key_value_heads=8), "attributes_after_name", 1),
+    "lm_big_attr": (BIG_LM, "attributes_after_name", 1),
     "lm_focus_x3": ({}, "caption", 3),
     "lm_mixed": ({}, "mixed", 1),  # the next lead: both lookups, hoping to keep shape (caption) and exists (attr)
 }
 VARIANTS = ["qs_cuda", "s2_x3", "s2_x8", *LM_VARIANTS, "s2_given_lm"]
+SMOKE = ["data_images=200", "stage1_steps=2", "stage2_steps=2"]  # --smoke: every path, a handful of steps
 
 
 def attributes_after_name(record) -> str:
@@ -76,7 +77,7 @@ def train_and_eval(out: Path, overrides: list[str], smoke: bool) -> dict:
 
     base = [f"data_dir={out.parent / 'data'}", "device=auto", "eval_every=0"]
     if smoke:
-        base += ["data_images=200", "stage1_steps=2", "stage2_steps=2"]
+        base += SMOKE
     cfg = load_config("tiny", [*base, *overrides])
     data_dir = prepare_data(cfg, log=lambda *a: None)
     t = time.perf_counter()
@@ -151,22 +152,17 @@ def worker(name: str, work: Path, deadline: float, smoke: bool, lm_dir_arg: str 
     try:
         if name == "qs_cuda":
             from minillava.quickstart import run_quickstart
-            over = ["device=auto"] + (["data_images=200", "stage1_steps=2", "stage2_steps=2"] if smoke else [])
+            over = ["device=auto"] + (SMOKE if smoke else [])
             metrics = run_quickstart(work / "qs", overrides=over, progress=False, log=lambda *a: None)
             record("quickstart", {k: metrics[k] for k in ("accuracy", "baselines", "seconds", "relative_score")})
-        elif name == "s2_given_lm":  # stage 2 from a chat LM trained by an earlier sweep (--lm-dir)
-            over = [f"lm_name={lm_dir_arg}"]
-            record("stage2_800", train_and_eval(work / "run800", over, smoke))
-            record("stage2_2400", train_and_eval(work / "run2400", [*over, f"stage2_steps={4 if smoke else 2400}"],
-                                                 smoke))
-        elif name.startswith("s2_"):
+        elif name in ("s2_x3", "s2_x8"):
             steps = {"s2_x3": 2400, "s2_x8": 6400}[name]
             record("stage2", train_and_eval(work / "run", [f"stage2_steps={4 if smoke else steps}"], smoke))
-        else:
-            lm_dir = train_lm(name, work, record, smoke)
-            over = [f"lm_name={lm_dir}"]
+        else:  # an LM variant, or stage 2 from a chat LM an earlier sweep trained (s2_given_lm, --lm-dir)
+            given = name == "s2_given_lm"
+            over = [f"lm_name={lm_dir_arg if given else train_lm(name, work, record, smoke)}"]
             record("stage2_800", train_and_eval(work / "run800", over, smoke))
-            if time.time() < deadline - 200:
+            if given or time.time() < deadline - 200:
                 record("stage2_2400", train_and_eval(work / "run2400", [*over, f"stage2_steps={4 if smoke else 2400}"],
                                                      smoke))
     except Exception:

@@ -350,8 +350,8 @@ def text_qa_accuracy(lm, tokenizer, scenes, max_questions: int = 600) -> dict:
         mask = torch.zeros_like(ids)
         for j, p in enumerate(prompts):  # left padding for generation
             ids[j, length - len(p):], mask[j, length - len(p):] = p, 1
-        out = lm.generate(input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device), max_new_tokens=24, do_sample=False,
-                          eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+        out = lm.generate(input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device), max_new_tokens=24,
+                          do_sample=False, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
         for (r, qa), seq in zip(chunk, out[:, length:]):
             text = tokenizer.decode(seq, skip_special_tokens=True)
             total[qa.kind] += 1
