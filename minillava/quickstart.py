@@ -38,7 +38,7 @@ def prepare_data(cfg, log=print) -> Path:
 
 def run_quickstart(out_dir: str | Path = "runs/quickstart", *, from_scratch: bool = False, preset: str = "tiny",
                    overrides: list[str] | None = None, progress: bool = True, log=print) -> dict:
-    from .eval.accuracy import evaluate_exact, heldout_questions
+    from .eval.accuracy import answer_habits, evaluate_exact, heldout_questions
 
     out_dir = Path(out_dir).resolve()  # model directories record data_dir; keep it valid from any cwd
     overrides = [f"data_dir={out_dir / 'data'}", *(overrides or [])]
@@ -95,6 +95,7 @@ def run_quickstart(out_dir: str | Path = "runs/quickstart", *, from_scratch: boo
         "accuracy_multi_object": {k: v["multi_object"] for k, v in per_kind.items() if k != "all"},
         "ci95": {k: v["ci95"] for k, v in per_kind.items()},
         "questions": {k: v["n"] for k, v in per_kind.items()},
+        "answer_habits": answer_habits(final["answers"]),
         "baselines": {"blank_image": {k: v["accuracy"] for k, v in blank["per_kind"].items()},
                       "stage1_only": {k: v["accuracy"] for k, v in after_stage1["per_kind"].items()},
                       "majority": {k: v["majority"] for k, v in per_kind.items() if k != "all"}},
@@ -136,7 +137,9 @@ def parameter_counts(model) -> dict[str, int]:
 
 
 def report(metrics: dict) -> str:
-    """A markdown summary: accuracy per question kind beside both baselines, and the time per stage."""
+    """A markdown summary: accuracy per question kind beside both baselines, its habits, and the time per stage."""
+    from .eval.accuracy import habits_table
+
     base = metrics["baselines"]
     lines = ["# minillava quickstart", "",
              f"Preset `{metrics['preset']}`, seed {metrics['seed']}. Held-out scenes (layouts never seen in training).",
@@ -147,6 +150,12 @@ def report(metrics: dict) -> str:
         lines.append(f"| {kind} | {acc:.3f} | {'' if multi is None else f'{multi:.3f}'} | "
                      f"{base['blank_image'].get(kind, 0):.3f} | {base['stage1_only'].get(kind, 0):.3f} | "
                      f"{base['majority'].get(kind, float('nan')):.3f} |")
+    habits = metrics.get("answer_habits")
+    if habits:
+        lines += ["", "Looking or answering by habit? Per question form: the commonest key and the commonest answer the "
+                      "model gave (each with its share of the form's questions), and the key it gets least often right. "
+                      "**habit**: one answer to ≥ 90% of questions whose keys vary.", "",
+                  *habits_table(habits)]
     rel = metrics["relative_score"]
     lines += ["", "LLaVA-Bench-style relative score (rule judge, 30 held-out scenes; the paper's full-data row "
               "from Table 4 for scale — a different benchmark and judge):", "",

@@ -30,7 +30,10 @@ def test_metrics_and_report_are_written(quick_run):
     assert "| question kind |" in report and "blank image" in report
     answers = [json.loads(x) for x in (out / "answers.jsonl").read_text().splitlines()]
     assert len(answers) == saved["questions"]["all"] > 0  # one row per held-out question
-    assert all({"question", "key", "answer", "correct"} <= set(a) for a in answers)
+    assert all({"question", "key", "answer", "stated", "correct"} <= set(a) for a in answers)
+    habits = saved["answer_habits"]  # every question falls in exactly one form; each form is a report row
+    assert sum(h["n"] for h in habits.values()) == len(answers)
+    assert "| question form |" in report and all(f"| {form} |" in report for form in habits)
 
 
 def test_chat_and_export_commands_on_the_trained_model(quick_run, tmp_path, capsys):

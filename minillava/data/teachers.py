@@ -250,6 +250,29 @@ def positions_in(words: str) -> set[str]:
     return found
 
 
+def _normalise(text: str) -> str:
+    """Lower case, punctuation dropped, one space between words and one at each end (for whole-word matches)."""
+    return " " + " ".join(text.lower().replace(".", " ").replace(",", " ").replace("?", " ").split()) + " "
+
+
+def stated_answer(kind: str, text: str) -> str:
+    """What ``text`` answers, in the key's vocabulary: 'large', 'top left', 'above and to the left of';
+    '' when it names no candidate, several joined by ' | ' when it names more than one.
+
+    Used to see *what* a model says, right or wrong: a model that answers 'large' to every size question has
+    learned the answer's form, not to look (``eval.accuracy.answer_habits``). Reasoning answers have no fixed
+    vocabulary and give ''.
+    """
+    words = _normalise(text)
+    if kind == "position":
+        return " | ".join(sorted(positions_in(words)))
+    if kind == "relation":  # directions in the order the teacher writes them: vertical, then horizontal
+        found = [r for r in ("above", "below", "to the left of", "to the right of") if f" {r} " in words]
+        return " and ".join(found) if len(found) <= 2 else " | ".join(found)
+    candidates = _CANDIDATES.get(kind) or set()
+    return " | ".join(sorted(c for c in candidates if f" {c} " in words))
+
+
 def answer_is_correct(qa: QA, text: str) -> bool:
     """Exact-match scoring: the answer names the key and no other candidate of the same kind.
 
@@ -257,7 +280,7 @@ def answer_is_correct(qa: QA, text: str) -> bool:
     phrases, longest first ("bottom center" is not also "center"); relations must name exactly the key's
     directions; a "how many" reasoning answer is judged by its last number word, a yes/no one by its first word.
     """
-    words = " " + " ".join(text.lower().replace(".", " ").replace(",", " ").replace("?", " ").split()) + " "
+    words = _normalise(text)
     if qa.kind == "position":
         return positions_in(words) == {qa.key}
     if qa.kind == "relation":

@@ -18,7 +18,9 @@ import torch
 
 from ..data.dataset import compute_features
 from ..data.records import ImageRecord
-from ..data.teachers import QA, answer_is_correct, scene_questions
+from ..data.shapes import COLORS, POSITIONS, SHAPES
+from ..data.teachers import QA, answer_is_correct, scene_questions, stated_answer
+from ..data.words import plural
 from ..inference import answer_batch
 
 
@@ -70,7 +72,7 @@ def evaluate_exact(model, processor, rows: list[tuple[ImageRecord, QA]], image_r
             if len(record.objects) > 1:
                 multi[qa.kind].append(ok)
             answers.append({"image": record.file_name, "question": qa.question, "kind": qa.kind, "key": qa.key,
-                            "answer": text, "correct": ok})
+                            "answer": text, "stated": stated_answer(qa.kind, text), "correct": ok})
     result = {}
     for kind in sorted(hits):
         k, n = sum(hits[kind]), len(hits[kind])
@@ -83,3 +85,55 @@ def evaluate_exact(model, processor, rows: list[tuple[ImageRecord, QA]], image_r
     result["all"] = {"accuracy": round(sum(all_hits) / len(all_hits), 3), "ci95": wilson(sum(all_hits), len(all_hits)),
                      "n": len(all_hits)}
     return {"per_kind": result, "answers": answers}
+
+
+def question_form(question: str) -> str:
+    """The question with its scene words replaced by slots: 'Is there a {color} {shape} in the image?'."""
+    for phrase in sorted(POSITIONS, key=len, reverse=True):  # "bottom center" before "center"
+        question = question.replace(f" {phrase}", " {position}")
+    shapes = set(SHAPES) | {plural(s) for s in SHAPES}
+    words = []
+    for word in question.split(" "):
+        bare, end = word.rstrip("?"), word[len(word.rstrip("?")):]
+        words.append(("{color}" if bare in COLORS else "{shape}" if bare in shapes else bare) + end)
+    return " ".join(words).replace("an {color}", "a {color}")
+
+
+HABIT_SHARE = 0.9  # one answer to at least this share of a form's questions, while the keys vary, is a habit
+
+
+def answer_habits(answers: list[dict]) -> dict[str, dict]:
+    """Per question form: accuracy, the commonest key and the commonest answer given, each with its share, and
+    the accuracy on each key. ``habit`` marks a form whose questions get one answer ≥ 90% of the time although
+    no key is that common: the model has learned what such an answer looks like, not to read it off the image.
+
+    A kind's accuracy can hide one: 'What is at the {position}?' is mostly asked of empty cells, so always
+    answering 'nothing' scores well there while never naming a shape that *is* there.
+    """
+    forms: dict[str, list[dict]] = defaultdict(list)
+    for a in answers:
+        forms[f"{a['kind']}: {question_form(a['question'])}"].append(a)
+    result = {}
+    for form, rows in sorted(forms.items()):
+        n = len(rows)
+        key, key_n = Counter(a["key"] for a in rows).most_common(1)[0]
+        said, said_n = Counter(a["stated"] for a in rows).most_common(1)[0]
+        by_key = defaultdict(list)
+        for a in rows:
+            by_key[a["key"]].append(a["correct"])
+        result[form] = {"n": n, "accuracy": round(sum(a["correct"] for a in rows) / n, 3),
+                        "commonest_key": [key, round(key_n / n, 3)], "commonest_answer": [said, round(said_n / n, 3)],
+                        "accuracy_by_key": {k: round(sum(v) / len(v), 3) for k, v in sorted(by_key.items())},
+                        "habit": said_n / n >= HABIT_SHARE and key_n / n < HABIT_SHARE and len(by_key) > 1}
+    return result
+
+
+def habits_table(habits: dict[str, dict]) -> list[str]:
+    """``answer_habits`` as markdown table lines: one row per question form, habits marked."""
+    lines = ["| question form | n | accuracy | commonest key | commonest answer | worst key |", "|---|---|---|---|---|---|"]
+    for form, h in habits.items():
+        (key, key_share), (said, said_share) = h["commonest_key"], h["commonest_answer"]
+        worst = min(h["accuracy_by_key"].items(), key=lambda kv: kv[1])
+        lines.append(f"| {form} | {h['n']} | {h['accuracy']:.3f} | {key} ({key_share:.2f}) | {said or '—'} "
+                     f"({said_share:.2f}){' **habit**' if h['habit'] else ''} | {worst[0]} ({worst[1]:.2f}) |")
+    return lines
