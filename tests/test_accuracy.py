@@ -1,10 +1,14 @@
-"""Exact-match accuracy's diagnostics: what the model said, per question form, and whether it answers by habit."""
+"""Diagnostics of what a model learned: what it says per question form (habits), and what W keeps of each attribute."""
 
 import random
+
+import pytest
+import torch
 
 from minillava.data.shapes import generate_split
 from minillava.data.teachers import answer_is_correct, scene_questions, stated_answer
 from minillava.eval.accuracy import answer_habits, question_form
+from minillava.viz.projector import attribute_variance, explained_share
 
 
 def test_stated_answer_reads_the_key_vocabulary_out_of_a_sentence():
@@ -49,3 +53,24 @@ def test_a_constant_answer_to_varied_keys_is_flagged_as_a_habit_and_a_looking_mo
     assert not looking["habit"] and looking["accuracy"] == 1.0
     # one key for (nearly) every question: answering it always is right, not a habit to flag
     assert not answer_habits(_rows(["large"] * 60, lambda key: "large"))[form]["habit"]
+
+
+def test_explained_share_is_one_for_the_only_thing_that_varies_and_near_zero_for_noise():
+    torch.manual_seed(0)
+    labels = ["large", "small"] * 200
+    signal = torch.tensor([[1.0, -2.0] if lab == "large" else [-1.0, 2.0] for lab in labels])  # (400, 2)
+    assert explained_share(signal, labels) == pytest.approx(1.0)
+    noise = torch.randn(400, 16)
+    assert explained_share(noise, labels) < 0.02
+    mixed = torch.cat([signal, noise], 1)  # the label explains the signal's 5 of about 21 units of variance
+    assert 0.15 < explained_share(mixed, labels) < 0.35
+
+
+def test_attribute_variance_reports_each_attribute_before_and_after_the_projector(random_model):
+    features = torch.randn(4, random_model.num_image_tokens, random_model.vision.config.hidden_size)
+    objects = [(i, t, {"color": "red" if t % 2 else "blue", "shape": "star", "size": "large" if i < 2 else "small",
+                       "cell": t}) for i in range(4) for t in (0, 3, 5)]
+    shares = attribute_variance(random_model, features, objects)
+    assert set(shares) == {"Z_v", "H_v"} and all(set(s) == {"color", "shape", "size", "cell"} for s in shares.values())
+    assert shares["Z_v"]["shape"] == 0.0  # one shape only: it explains nothing
+    assert all(0.0 <= v <= 1.0 for s in shares.values() for v in s.values())

@@ -4,7 +4,8 @@ Stage 1 turns W into "a compatible visual tokenizer for the frozen LLM" (§4.2).
 (a) each projected patch token's nearest word embeddings, and the LM head's top tokens at that position;
 (b) cosine similarity between image tokens and word embeddings (the modality gap);
 (c) a 2-D PCA map of image tokens and word embeddings;
-(d) the projector's singular values and output norms against word-embedding norms.
+(d) the projector's singular values and output norms against word-embedding norms;
+(e) how much of the object tokens' variance each attribute explains, before W (Z_v) and after it (H_v).
 """
 
 from __future__ import annotations
@@ -78,3 +79,30 @@ def projector_spectrum(model) -> list[torch.Tensor]:
     """Singular values of each linear layer of W (one for linear, two for mlp2x_gelu)."""
     layers = [m for m in model.projector.modules() if isinstance(m, torch.nn.Linear)]
     return [torch.linalg.svdvals(layer.weight.float()) for layer in layers]
+
+
+def explained_share(x: torch.Tensor, labels: list) -> float:
+    """Between-class over total variance of rows x (n, D) grouped by ``labels``: 1 = the label is all that varies."""
+    x = x.float() - x.float().mean(0)
+    total = x.pow(2).sum(1).mean()
+    between = sum((idx := torch.tensor([lab == value for lab in labels])).float().mean() * x[idx].mean(0).pow(2).sum()
+                  for value in set(labels))
+    return float(between / total)
+
+
+@torch.no_grad()
+def attribute_variance(model, image_features: torch.Tensor, objects: list[tuple[int, int, dict]]) -> dict:
+    """For the token of each object: the share of variance that its colour, shape, size and cell explain, in
+    Z_v (what CLIP gives) and in H_v = W · Z_v (what the LM reads).
+
+    ``objects`` holds (image index, token index, {"color": ..., "shape": ..., "size": ..., "cell": ...}).
+    W may keep an attribute linearly decodable yet shrink it to a sliver of the variance; the LM, which has to
+    *learn* to read it, then meets it as a whisper beside the loud ones.
+    """
+    z = torch.stack([image_features[i, t] for i, t, _ in objects])  # (n_objects, Dv)
+    h = model.project(z.to(model.projector_dtype))                   # (n_objects, D)
+    out = {}
+    for name, x in (("Z_v", z), ("H_v", h)):
+        out[name] = {attr: round(explained_share(x, [o[attr] for _, _, o in objects]), 3)
+                     for attr in ("color", "shape", "size", "cell")}
+    return out
