@@ -236,7 +236,7 @@ _CANDIDATES = {
     "color": set(COLORS), "shape": set(SHAPES) | {"nothing"}, "size": {"large", "small"},
     "count": {"no", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"},
     "position": set(POSITIONS), "exists": {"yes", "no"}, "reasoning": None,
-    "relation": {"above", "below", "to the left of", "to the right of"},
+    "relation": ("above", "below", "to the left of", "to the right of"),  # in the order relation() writes them
 }
 
 
@@ -267,7 +267,7 @@ def stated_answer(kind: str, text: str) -> str:
     if kind == "position":
         return " | ".join(sorted(positions_in(words)))
     if kind == "relation":  # directions in the order the teacher writes them: vertical, then horizontal
-        found = [r for r in ("above", "below", "to the left of", "to the right of") if f" {r} " in words]
+        found = [r for r in _CANDIDATES["relation"] if f" {r} " in words]
         return " and ".join(found) if len(found) <= 2 else " | ".join(found)
     candidates = _CANDIDATES.get(kind) or set()
     return " | ".join(sorted(c for c in candidates if f" {c} " in words))

@@ -100,7 +100,7 @@ def attribute_variance(model, image_features: torch.Tensor, objects: list[tuple[
     *learn* to read it, then meets it as a whisper beside the loud ones.
     """
     z = torch.stack([image_features[i, t] for i, t, _ in objects])  # (n_objects, Dv)
-    h = model.project(z.to(model.projector_dtype))                   # (n_objects, D)
+    h = model.project(z)                                             # (n_objects, D)
     out = {}
     for name, x in (("Z_v", z), ("H_v", h)):
         out[name] = {attr: round(explained_share(x, [o[attr] for _, _, o in objects]), 3)
