@@ -109,7 +109,7 @@ def train_lm(name: str, work: Path, record: Recorder, smoke: bool) -> Path:
     cfg = stage0.Stage0Config()
     cfg = dataclasses.replace(cfg, lm_focus_steps=cfg.lm_focus_steps * focus_mult)
     if smoke:
-        cfg = dataclasses.replace(cfg, scenes=300, lm_steps=3, lm_focus_steps=3)
+        cfg = dataclasses.replace(cfg, scenes=300, lm_steps=3, lm_focus_steps=3, lm_cells_steps=3)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     scenes, held_out = stage0.recipe_scenes(cfg)
     tokenizer = AutoTokenizer.from_pretrained(ASSETS / "lm")

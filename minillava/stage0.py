@@ -9,7 +9,9 @@ tuned LLaMA). Offline on a CPU we have neither, so this recipe trains stand-ins 
    pairs apart and the patch features must carry shape and position too;
 3. a tiny chat LM trained on text only, in the stage-2 template, to answer questions about a scene *described in
    words* — the skill LLaVA inherits from Vicuna and transfers to image tokens in stage 2. A second phase
-   (``lm_focus_steps``) drills the kinds phase 1 leaves at the majority answer (existence, position, relations).
+   (``lm_focus_steps``) drills the kinds phase 1 leaves at the majority answer (existence, position, relations);
+   a third (``lm_cells_steps``) writes the scene as nine *cell words*, one per grid cell, the text twin of the
+   tower's nine patch tokens, so that stage 1 can map each patch onto a word the LM already reads.
 
 Checks (``recipe.json``): linear probes on the frozen patch features (colour / shape / size / occupancy per
 cell, and which cell a patch sits in) and the LM's text-only exact-match accuracy against the majority answer.
@@ -62,15 +64,20 @@ class Stage0Config:
     lm_focus_steps: int = 2000          # 0 = phase 1 only (the recipe before 2026-11-26, hash 7625c17986d6)
     lm_focus_batch: int = 32
     lm_focus_lr: float = 2e-3
+    # phase 3: the scene as nine cell words, the text twin of the 3×3 patch tokens
+    lm_cells_steps: int = 1000          # 0 = no cell-word phase (the recipe before 2026-11-27, hash d7c0d1faeea4)
+    lm_cells_batch: int = 32
+    lm_cells_lr: float = 2e-3
 
     def hash(self) -> str:
         """Identifies the recipe: the shipped weights record it, and a test compares it with the code's.
 
         With the focus phase off its settings are left out, so a phase-1-only recipe keeps the hash it had before
-        the option existed (``add_focus_phase`` checks a directory against it)."""
+        the option existed (``add_lm_phase`` checks a directory against it)."""
         fields = dataclasses.asdict(self)
-        if not self.lm_focus_steps:
-            fields = {k: v for k, v in fields.items() if not k.startswith("lm_focus_")}
+        for phase in ("lm_focus_", "lm_cells_"):
+            if not fields[phase + "steps"]:
+                fields = {k: v for k, v in fields.items() if not k.startswith(phase)}
         return hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -216,9 +223,9 @@ def scene_in_words(record) -> str:
     return f"Scene: {record.captions[1]}"
 
 
-def text_sample(record, rng: random.Random) -> dict:
+def text_sample(record, rng: random.Random, scene: str | None = None) -> dict:
     """A text-only dialogue about a scene given in words, in the stage-2 template (the image is a sentence)."""
-    scene = scene_in_words(record)
+    scene = scene or scene_in_words(record)
     kind = rng.random()
     if kind < 0.6:
         qas = scene_questions(record, rng)
@@ -257,8 +264,9 @@ def fit_lm(lm, tokenizer, draw, rng: random.Random, *, steps: int, batch: int, l
         opt, lambda s: min(1, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
     bar = tqdm(range(steps), desc=desc)
     for step in bar:
-        items = [tokenize_conversation(draw(rng), tokenizer, template, image_tokens=1, max_length=max_length)
-                 for _ in range(batch)]
+        samples = [draw(rng) for _ in range(batch)]  # a sample may bring its own template (stage-1 "plain")
+        items = [tokenize_conversation(x, tokenizer, x.pop("template", template), image_tokens=1,
+                                       max_length=max_length) for x in samples]
         loss = lm(**{k: v.to(lm.device) for k, v in collate(items, tokenizer.pad_token_id).items()}).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(lm.parameters(), 1.0)
@@ -286,7 +294,7 @@ def train_chat_lm(cfg: Stage0Config, scenes, tokenizer, log=print) -> LlamaForCa
 FOCUS_KINDS = ("exists", "size", "relation", "position")
 
 
-def focus_sample(record, rng: random.Random) -> dict:
+def focus_sample(record, rng: random.Random, scene: str | None = None) -> dict:
     """A short text-only dialogue (1–3 turns) that asks mostly about ``FOCUS_KINDS``; the scene is in words.
 
     "No" exists-questions name an absent pair that shares its colour or its shape with an object in the scene,
@@ -302,7 +310,8 @@ def focus_sample(record, rng: random.Random) -> dict:
     pool = focus if focus and rng.random() < 0.75 else qas
     turns = [(q.question, q.answer) for q in rng.sample(pool, min(len(pool), rng.randint(1, 3)))]
     sample = make_sample(f"focus_{record.image_id}", record.file_name, turns)
-    sample["conversations"][0]["value"] = sample["conversations"][0]["value"].replace("<image>", scene_in_words(record))
+    sample["conversations"][0]["value"] = sample["conversations"][0]["value"].replace("<image>",
+                                                                                      scene or scene_in_words(record))
     return sample
 
 
@@ -327,24 +336,92 @@ def focus_chat_lm(cfg: Stage0Config, lm, scenes, tokenizer, held_out=None, log=p
                   warmup=0.05, max_length=cfg.max_length, desc="stage 0b: chat LM, focus phase", report=report)
 
 
+# Phase 3: the scene as nine *cell words*, one per grid cell in row-major order ("<large-red-circle><empty>...").
+# It is the text twin of the image: the tiny tower gives one patch token per cell, in the same order. An LM that
+# answers from nine cell words has the reading circuit stage 2 needs, and stage 1 gets a concrete target: W can map
+# each patch onto the word for what stands in its cell — §4.2's "visual tokenizer for the frozen LLM", made literal.
+EMPTY_CELL = "<empty>"
+
+
+def cell_word(obj: Shape) -> str:
+    return f"<{obj.size}-{obj.color}-{obj.shape}>"
+
+
+CELL_WORDS = [EMPTY_CELL] + [f"<{size}-{color}-{shape}>" for size in SIZES for color in COLORS for shape in SHAPES]
+
+
+def scene_in_cell_words(layout: list[Shape]) -> str:
+    """Nine words, one per cell, top left to bottom right: what a 3×3 grid of patch tokens shows."""
+    words = {o.cell: cell_word(o) for o in layout}
+    return "".join(words.get(cell, EMPTY_CELL) for cell in range(GRID * GRID))
+
+
+def add_cell_words(lm, tokenizer) -> None:
+    """Register ``CELL_WORDS`` as whole words; each new embedding row starts at the mean of the pieces it names
+    ("<large-red-circle>" at the mean of " large", " red", " circle"), so it begins near what it means."""
+    pieces = [tokenizer(" " + (w[1:-1].replace("-", " ") if w != EMPTY_CELL else "nothing"),
+                        add_special_tokens=False)["input_ids"] for w in CELL_WORDS]
+    tokenizer.add_tokens(CELL_WORDS)
+    lm.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    with torch.no_grad():
+        for table in (lm.get_input_embeddings().weight, lm.get_output_embeddings().weight):
+            for word, ids in zip(CELL_WORDS, pieces):
+                table[tokenizer.convert_tokens_to_ids(word)] = table[ids].mean(0)
+
+
+def cell_words_sample(record, layout, rng: random.Random) -> dict:
+    """Phase-3 dialogue: a phase-1 or focus dialogue about the scene in cell words, or (1 in 5) a stage-1 sample
+    in the ``plain`` template — cell words then a caption — the very task stage 1 sets the projector."""
+    scene = scene_in_cell_words(layout)
+    roll = rng.random()
+    if roll < 0.2:
+        sample = make_sample(f"cells_{record.image_id}", record.file_name, [("<image>", rng.choice(record.captions))])
+        sample["conversations"][0]["value"] = scene
+        return {**sample, "template": dataclasses.replace(get_template("plain"), keep_question=True)}
+    return (text_sample if roll < 0.6 else focus_sample)(record, rng, scene=scene)
+
+
+def cell_words_chat_lm(cfg: "Stage0Config", lm, scenes, tokenizer, held_out=None, log=print) -> LlamaForCausalLM:
+    """Phase 3: a fresh AdamW on ``cell_words_sample`` dialogues (the tokenizer gains ``CELL_WORDS``)."""
+    lm.to(torch.bfloat16).to(torch.float32)
+    torch.manual_seed(cfg.seed + 3)
+    add_cell_words(lm, tokenizer)
+    steps = cfg.lm_cells_steps
+    in_cells = lambda record, layout: scene_in_cell_words(layout)  # noqa: E731
+
+    def report(step: int, loss: float) -> None:
+        if step % 100 == 0 or step == steps - 1:
+            row = {"stage": "0b-cells", "step": step, "loss": round(loss, 4)}
+            if held_out is not None and (step % 500 == 0 or step == steps - 1):
+                row["text_qa"] = {k: v["accuracy"] for k, v in
+                                  text_qa_accuracy(lm, tokenizer, held_out, 300, in_cells).items()}
+            log(json.dumps(row))
+    return fit_lm(lm, tokenizer, lambda rng: cell_words_sample(*rng.choice(scenes)[:2], rng),
+                  random.Random(cfg.seed + 3), steps=steps, batch=cfg.lm_cells_batch, lr=cfg.lm_cells_lr,
+                  warmup=0.05, max_length=cfg.max_length, desc="stage 0b: chat LM, cell words", report=report)
+
+
 @torch.no_grad()
-def text_qa_accuracy(lm, tokenizer, scenes, max_questions: int = 600) -> dict:
-    """Exact-match accuracy per question kind when the scene is given in words, and the majority baseline."""
+def text_qa_accuracy(lm, tokenizer, scenes, max_questions: int = 600, in_words=None) -> dict:
+    """Exact-match accuracy per question kind when the scene is given in words, and the majority baseline.
+
+    ``in_words(record, layout)`` writes the scene (default: the sentence of ``scene_in_words``)."""
+    in_words = in_words or (lambda record, layout: scene_in_words(record))
     from .conversation import prompt_ids
     template = get_template("vicuna_v1")
     lm.eval()
     rows = []
-    for record, _, _ in scenes:
+    for record, layout, _ in scenes:
         rng = random.Random(record.image_id)
         for qa in scene_questions(record, rng)[:3]:
-            rows.append((record, qa))
+            rows.append((in_words(record, layout), qa))
     rows = rows[:max_questions]
     correct, answers_by_kind = Counter(), {}
     total = Counter()
     for i in range(0, len(rows), 64):
         chunk = rows[i:i + 64]
-        prompts = [prompt_ids(f"{scene_in_words(r)}\n{qa.question}", tokenizer, template, image_tokens=1)
-                   for r, qa in chunk]
+        prompts = [prompt_ids(f"{scene}\n{qa.question}", tokenizer, template, image_tokens=1)
+                   for scene, qa in chunk]
         length = max(len(p) for p in prompts)
         ids = torch.full((len(prompts), length), tokenizer.pad_token_id)
         mask = torch.zeros_like(ids)
@@ -352,7 +429,7 @@ def text_qa_accuracy(lm, tokenizer, scenes, max_questions: int = 600) -> dict:
             ids[j, length - len(p):], mask[j, length - len(p):] = p, 1
         out = lm.generate(input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device), max_new_tokens=24,
                           do_sample=False, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-        for (r, qa), seq in zip(chunk, out[:, length:]):
+        for (_, qa), seq in zip(chunk, out[:, length:]):
             text = tokenizer.decode(seq, skip_special_tokens=True)
             total[qa.kind] += 1
             correct[qa.kind] += answer_is_correct(qa, text)
@@ -399,8 +476,12 @@ def run_stage0(out_dir: str | Path, cfg: Stage0Config | None = None, log=print) 
         t = time.perf_counter()
         lm = focus_chat_lm(cfg, lm, scenes, tokenizer, held_out, log)
         seconds["lm_focus"] = time.perf_counter() - t
-    qa = text_qa_accuracy(lm, tokenizer, held_out)
-    log(json.dumps({"stage": "0b", "text_qa": qa}))
+    if cfg.lm_cells_steps:
+        t = time.perf_counter()
+        lm = cell_words_chat_lm(cfg, lm, scenes, tokenizer, held_out, log)
+        seconds["lm_cells"] = time.perf_counter() - t
+    qa = text_qa_report(cfg, lm, tokenizer, held_out)
+    log(json.dumps({"stage": "0b", **qa}))
 
     from transformers import CLIPVisionModel
     vision = CLIPVisionModel(clip.config.vision_config)
@@ -413,7 +494,7 @@ def run_stage0(out_dir: str | Path, cfg: Stage0Config | None = None, log=print) 
     tokenizer.save_pretrained(out_dir / "lm")
     seconds["total"] = time.perf_counter() - start
     recipe = {"config": dataclasses.asdict(cfg), "config_hash": cfg.hash(), "seconds": {k: round(v, 1) for k, v in
-              seconds.items()}, "probes": probes, "text_qa": qa, "torch": torch.__version__,
+              seconds.items()}, "probes": probes, **qa, "torch": torch.__version__,
               "machine": "2 CPU cores" if torch.get_num_threads() <= 2 else f"{torch.get_num_threads()} CPU threads"}
     if phase1_qa:
         recipe["text_qa_phase1"] = phase1_qa
@@ -422,32 +503,50 @@ def run_stage0(out_dir: str | Path, cfg: Stage0Config | None = None, log=print) 
     return recipe
 
 
-def add_focus_phase(out_dir: str | Path, cfg: Stage0Config, log=print) -> dict:
-    """Run only the focus phase on a recipe directory made without one (its tower and tokenizer are kept).
+def add_lm_phase(out_dir: str | Path, cfg: Stage0Config, log=print) -> dict:
+    """Run only the last chat-LM phase ``cfg`` switches on (focus, then cells) on a recipe directory made by the
+    same config without it; its tower, tokenizer and earlier phases are kept.
 
-    Equal to ``run_stage0(out_dir, cfg)`` from scratch, because the focus phase starts from the phase-1 LM rounded
-    to bf16 — which is what the directory holds — and uses the same scenes and seeds; it saves the ~55 minutes of
-    retraining the tower and phase 1. This is how the shipped LM got its focus phase."""
+    Equal to ``run_stage0(out_dir, cfg)`` from scratch, because each phase starts from the LM before it rounded to
+    bf16 — which is what the directory holds — and uses the same scenes and seeds; it saves the hour of retraining
+    the tower and the earlier phases. This is how the shipped LM got its focus and cell-word phases."""
     from transformers import AutoTokenizer
     out_dir = Path(out_dir)
     recipe = json.loads((out_dir / "recipe.json").read_text())
-    phase1 = Stage0Config(**{**recipe["config"], **{k: v for k, v in dataclasses.asdict(cfg).items()
-                                                    if k.startswith("lm_focus_")}, "lm_focus_steps": 0})
-    if recipe["config_hash"] != phase1.hash() or not cfg.lm_focus_steps:
-        raise ValueError(f"{out_dir}: recipe {recipe['config_hash']} is not this config without its focus phase")
+    phases = [name for name in ("focus", "cells") if getattr(cfg, f"lm_{name}_steps")]
+    if not phases:
+        raise ValueError(f"{out_dir}: this config has no chat-LM phase after phase 1 to add")
+    last = phases[-1]
+    before = dataclasses.replace(cfg, **{f"lm_{last}_steps": 0})
+    if recipe["config_hash"] != before.hash():
+        raise ValueError(f"{out_dir}: recipe {recipe['config_hash']} is not this config without its {last} phase")
     scenes, held_out = recipe_scenes(cfg)
     tokenizer = AutoTokenizer.from_pretrained(out_dir / "lm")
     lm = LlamaForCausalLM.from_pretrained(out_dir / "lm", dtype=torch.float32)
     t = time.perf_counter()
-    lm = focus_chat_lm(cfg, lm, scenes, tokenizer, held_out, log)
-    recipe["seconds"]["lm_focus"] = round(time.perf_counter() - t, 1)
-    recipe["seconds"]["total"] = round(recipe["seconds"]["total"] + recipe["seconds"]["lm_focus"], 1)
-    recipe["text_qa_phase1"], recipe["text_qa"] = recipe["text_qa"], text_qa_accuracy(lm, tokenizer, held_out)
+    if last == "focus":
+        recipe["text_qa_phase1"] = recipe["text_qa"]
+        lm = focus_chat_lm(cfg, lm, scenes, tokenizer, held_out, log)
+    else:
+        lm = cell_words_chat_lm(cfg, lm, scenes, tokenizer, held_out, log)
+    recipe["seconds"][f"lm_{last}"] = round(time.perf_counter() - t, 1)
+    recipe["seconds"]["total"] = round(recipe["seconds"]["total"] + recipe["seconds"][f"lm_{last}"], 1)
+    recipe.update(text_qa_report(cfg, lm, tokenizer, held_out))
     recipe.update(config=dataclasses.asdict(cfg), config_hash=cfg.hash())
     lm.to(torch.bfloat16).save_pretrained(out_dir / "lm")
+    tokenizer.save_pretrained(out_dir / "lm")
     recipe["files"] = shipped_file_hashes(out_dir)
     (out_dir / "recipe.json").write_text(json.dumps(recipe, indent=1))
     return recipe
+
+
+def text_qa_report(cfg: Stage0Config, lm, tokenizer, held_out) -> dict:
+    """The recipe's check of the chat LM: text-only QA with the scene as a sentence, and as cell words."""
+    report = {"text_qa": text_qa_accuracy(lm, tokenizer, held_out)}
+    if cfg.lm_cells_steps:
+        report["text_qa_cells"] = text_qa_accuracy(lm, tokenizer, held_out,
+                                                   in_words=lambda record, layout: scene_in_cell_words(layout))
+    return report
 
 
 def shipped_file_hashes(out_dir: str | Path) -> dict[str, str]:

@@ -67,7 +67,7 @@ def run_arm(arm: str, seed: int, out_dir: Path, data_dir: Path, budget: list[str
     from ..data.records import load_split
     from ..model.build import build_model
     from ..model.llava import load_weights
-    from ..quickstart import bench_relative_scores
+    from ..quickstart import bench_relative_scores, shipped_recipe_hash
     from ..train import run_stage
     from .accuracy import evaluate_exact, heldout_questions
 
@@ -81,9 +81,9 @@ def run_arm(arm: str, seed: int, out_dir: Path, data_dir: Path, budget: list[str
     start = time.perf_counter()
     model = processor = None
     if cfg.stage1_steps > 0:
-        # stage 1 depends only on (seed, layer, projector): arms that share them share one stage-1 run
-        stage1_dir = out_dir.parent.parent / "stage1" / (f"layer{cfg.vision_select_layer}_{cfg.projector}_"
-                                                           f"{cfg.stage1_steps}x{cfg.stage1_batch}_seed{seed}")
+        # stage 1 depends only on (backbones, seed, layer, projector): arms that share them share one stage-1 run
+        stage1_dir = out_dir.parent.parent / "stage1" / shipped_recipe_hash() / (
+            f"layer{cfg.vision_select_layer}_{cfg.projector}_{cfg.stage1_steps}x{cfg.stage1_batch}_seed{seed}")
         if (stage1_dir / "model.safetensors").is_file():
             model, processor = build_model(cfg)
             model.load_trainable_state(load_weights(stage1_dir / "model.safetensors"))
