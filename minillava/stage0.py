@@ -356,6 +356,11 @@ def scene_in_cell_words(layout: list[Shape]) -> str:
     return "".join(words.get(cell, EMPTY_CELL) for cell in range(GRID * GRID))
 
 
+def in_cell_words(record, layout: list[Shape]) -> str:
+    """``text_qa_accuracy``'s ``in_words`` for the cell-word form."""
+    return scene_in_cell_words(layout)
+
+
 def add_cell_words(lm, tokenizer) -> None:
     """Register ``CELL_WORDS`` as whole words; each new embedding row starts at the mean of the pieces it names
     ("<large-red-circle>" at the mean of " large", " red", " circle"), so it begins near what it means."""
@@ -387,14 +392,13 @@ def cell_words_chat_lm(cfg: "Stage0Config", lm, scenes, tokenizer, held_out=None
     torch.manual_seed(cfg.seed + 3)
     add_cell_words(lm, tokenizer)
     steps = cfg.lm_cells_steps
-    in_cells = lambda record, layout: scene_in_cell_words(layout)  # noqa: E731
 
     def report(step: int, loss: float) -> None:
         if step % 100 == 0 or step == steps - 1:
             row = {"stage": "0b-cells", "step": step, "loss": round(loss, 4)}
             if held_out is not None and (step % 500 == 0 or step == steps - 1):
                 row["text_qa"] = {k: v["accuracy"] for k, v in
-                                  text_qa_accuracy(lm, tokenizer, held_out, 300, in_cells).items()}
+                                  text_qa_accuracy(lm, tokenizer, held_out, 300, in_cell_words).items()}
             log(json.dumps(row))
     return fit_lm(lm, tokenizer, lambda rng: cell_words_sample(*rng.choice(scenes)[:2], rng),
                   random.Random(cfg.seed + 3), steps=steps, batch=cfg.lm_cells_batch, lr=cfg.lm_cells_lr,
@@ -545,7 +549,7 @@ def text_qa_report(cfg: Stage0Config, lm, tokenizer, held_out) -> dict:
     report = {"text_qa": text_qa_accuracy(lm, tokenizer, held_out)}
     if cfg.lm_cells_steps:
         report["text_qa_cells"] = text_qa_accuracy(lm, tokenizer, held_out,
-                                                   in_words=lambda record, layout: scene_in_cell_words(layout))
+                                                   in_words=in_cell_words)
     return report
 
 
