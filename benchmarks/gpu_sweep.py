@@ -9,6 +9,9 @@ each, and every process writes what it has measured as it goes:
     s2_x3, s2_x8   stage 1 + stage 2 from the shipped backbones with 3x / 8x the stage-2 steps
     lm_*           retrain only the chat LM (shipped tokenizer and vision tower), text-only QA per kind, then
                    stage 1 + stage 2 at the quickstart's 800 steps (and 2400 if the deadline allows)
+    cells_*        rerun only the LM's cell-word phase (stage 0, phase 3) on the focus-phase recipe directory
+                   given by --focus-dir (``add_lm_phase``, on the GPU), then the same stage 1 + stage 2; the
+                   directories come back as DIR/<variant>.tar, ready to replace minillava/assets/tiny
 
     python benchmarks/gpu_sweep.py --out DIR [--deadline 420] [--smoke]
 
@@ -44,7 +47,14 @@ LM_VARIANTS = {  # name -> (LM shape overrides, scene format, focus steps multip
     "lm_focus_x3": ({}, "caption", 3),
     "lm_mixed": ({}, "mixed", 1),  # the next lead: both lookups, hoping to keep shape (caption) and exists (attr)
 }
-VARIANTS = ["qs_cuda", "s2_x3", "s2_x8", *LM_VARIANTS, "s2_given_lm"]
+CELL_VARIANTS = {  # name -> Stage0Config overrides of the cell-word phase (issue 3: position and relations)
+    "cells_what": dict(lm_cells_steps=1000),  # the shipped recipe, rerun on the GPU: the noise to compare with
+    "cells_what_x3": dict(lm_cells_steps=3000),
+    "cells_where": dict(lm_cells_steps=1000, lm_cells_where=True),
+    "cells_where_x3": dict(lm_cells_steps=3000, lm_cells_where=True),
+    "cells_where_x5": dict(lm_cells_steps=5000, lm_cells_where=True),
+}
+VARIANTS = ["qs_cuda", "s2_x3", "s2_x8", *LM_VARIANTS, "s2_given_lm", *CELL_VARIANTS]
 SMOKE = ["data_images=200", "stage1_steps=2", "stage2_steps=2"]  # --smoke: every path, a handful of steps
 
 
@@ -143,7 +153,32 @@ def train_lm(name: str, work: Path, record: Recorder, smoke: bool) -> Path:
     return lm_dir
 
 
-def worker(name: str, work: Path, deadline: float, smoke: bool, lm_dir_arg: str | None = None) -> None:
+def cell_phase(name: str, work: Path, focus_dir: str, record: Recorder, smoke: bool) -> Path:
+    """``add_lm_phase`` with a variant's cell-word settings on a copy of the focus-phase recipe directory."""
+    import shutil
+
+    import torch
+
+    from minillava import stage0
+    assets = work / "assets"
+    shutil.rmtree(assets, ignore_errors=True)
+    shutil.copytree(focus_dir, assets)
+    cfg = dataclasses.replace(stage0.Stage0Config(), **CELL_VARIANTS[name])
+    if smoke:  # a few steps on 300 scenes; the copy then claims that smaller recipe, so add_lm_phase accepts it
+        cfg = dataclasses.replace(cfg, scenes=300, lm_cells_steps=3)
+        recipe = json.loads((assets / "recipe.json").read_text())
+        recipe["config_hash"] = dataclasses.replace(cfg, lm_cells_steps=0).hash()
+        (assets / "recipe.json").write_text(json.dumps(recipe))
+    log = []
+    recipe = stage0.add_lm_phase(assets, cfg, log=log.append, device="cuda" if torch.cuda.is_available() else "cpu")
+    record("phase_log", log)
+    for key in ("config_hash", "seconds", "machines", "text_qa", "text_qa_cells"):
+        record(key, recipe.get(key))
+    return assets
+
+
+def worker(name: str, work: Path, deadline: float, smoke: bool, lm_dir_arg: str | None = None,
+           focus_dir: str | None = None) -> None:
     import torch
     torch.set_num_threads(2)
     work.mkdir(parents=True, exist_ok=True)
@@ -155,6 +190,12 @@ def worker(name: str, work: Path, deadline: float, smoke: bool, lm_dir_arg: str 
             over = ["device=auto"] + (SMOKE if smoke else [])
             metrics = run_quickstart(work / "qs", overrides=over, progress=False, log=lambda *a: None)
             record("quickstart", {k: metrics[k] for k in ("accuracy", "baselines", "seconds", "relative_score")})
+        elif name in CELL_VARIANTS:
+            over = [f"lm_name={cell_phase(name, work, focus_dir, record, smoke) / 'lm'}"]
+            record("stage2_800", train_and_eval(work / "run800", over, smoke))
+            if time.time() < deadline - 200:
+                record("stage2_2400", train_and_eval(work / "run2400", [*over, f"stage2_steps={4 if smoke else 2400}"],
+                                                     smoke))
         elif name in ("s2_x3", "s2_x8"):
             steps = {"s2_x3": 2400, "s2_x8": 6400}[name]
             record("stage2", train_and_eval(work / "run", [f"stage2_steps={4 if smoke else steps}"], smoke))
@@ -184,12 +225,13 @@ def merge(work: Path, out: Path) -> dict:
 
 def table(results: dict) -> str:
     kinds = ["color", "count", "shape", "position", "exists", "size", "relation", "all"]
-    lines = ["variant/measure    " + " ".join(f"{k[:8]:>8}" for k in kinds)]
+    lines = ["variant/measure       " + " ".join(f"{k[:8]:>8}" for k in kinds)]
     for name, r in results.items():
-        for key in ("text_qa", "stage2", "stage2_800", "stage2_2400", "quickstart"):
+        for key in ("text_qa", "text_qa_cells", "stage2", "stage2_800", "stage2_2400", "quickstart"):
             if key in r:
-                acc = r[key] if key == "text_qa" else r[key]["accuracy"]
-                lines.append(f"{name[:12]:<12} {key[-6:]:>6}" + " ".join(f"{acc.get(k, float('nan')):>8.3f}"
+                acc = ({k: v["accuracy"] if isinstance(v, dict) else v for k, v in r[key].items()}
+                       if key.startswith("text_qa") else r[key]["accuracy"])
+                lines.append(f"{name[:15]:<15} {key[-6:]:>6}" + " ".join(f"{acc.get(k, float('nan')):>8.3f}"
                                                                       for k in kinds))
         if "error" in r:
             lines.append(f"{name}: ERROR {r['error'].strip().splitlines()[-1]}")
@@ -204,12 +246,13 @@ def main() -> None:
     ap.add_argument("--smoke", action="store_true")
     ap.add_argument("--only", default=None, help="comma-separated variant names")
     ap.add_argument("--lm-dir", default=None, help="s2_given_lm: the chat LM directory to start stage 2 from")
+    ap.add_argument("--focus-dir", default=None, help="cells_*: a recipe directory made without the cell-word phase")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--deadline-at", type=float, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     work = Path(args.work)
     if args.worker:
-        return worker(args.worker, work / args.worker, args.deadline_at, args.smoke, args.lm_dir)
+        return worker(args.worker, work / args.worker, args.deadline_at, args.smoke, args.lm_dir, args.focus_dir)
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -221,7 +264,8 @@ def main() -> None:
     log = open(out / "sweep.log", "w")
     procs = {n: subprocess.Popen([sys.executable, __file__, "--out", str(out), "--work", str(work), "--worker", n,
                                   "--deadline-at", str(deadline)] + (["--smoke"] if args.smoke else [])
-                                 + (["--lm-dir", args.lm_dir] if args.lm_dir else []),
+                                 + (["--lm-dir", args.lm_dir] if args.lm_dir else [])
+                                 + (["--focus-dir", args.focus_dir] if args.focus_dir else []),
                                  stdout=log, stderr=subprocess.STDOUT, env=env) for n in names}
     while any(p.poll() is None for p in procs.values()) and time.time() < deadline:
         time.sleep(5)
@@ -237,6 +281,11 @@ def main() -> None:
         if name in ("lm_attr", "lm_focus_x3") and (lm_dir / "model.safetensors").is_file():
             with tarfile.open(out / f"{name}.tar", "w") as tar:
                 tar.add(lm_dir, arcname=name)
+        assets = work / name / "assets"
+        if name in CELL_VARIANTS and (assets / "lm" / "model.safetensors").is_file():
+            with tarfile.open(out / f"{name}.tar", "w") as tar:  # lm/ and recipe.json (the tower is unchanged)
+                tar.add(assets / "lm", arcname=f"{name}/lm")
+                tar.add(assets / "recipe.json", arcname=f"{name}/recipe.json")
     print(table(results))
 
 

@@ -21,6 +21,7 @@ The result is shipped in ``minillava/assets/tiny`` and is what ``minillava quick
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -38,7 +39,7 @@ from transformers import CLIPConfig, CLIPModel, LlamaForCausalLM
 
 from .conversation import get_template, tokenize_conversation
 from .data.prompts import BRIEF_PROMPTS, DETAIL_PROMPTS
-from .data.shapes import COLORS, GRID, SHAPES, SIZES, Shape, generate_split, object_box, render_scene
+from .data.shapes import COLORS, GRID, POSITIONS, SHAPES, SIZES, Shape, generate_split, object_box, render_scene
 from .data.teachers import QA, answer_is_correct, describe_scene, reasoning_question, scene_questions
 from .data.llava_json import make_sample
 from .data.words import a
@@ -68,13 +69,16 @@ class Stage0Config:
     lm_cells_steps: int = 1000          # 0 = no cell-word phase (the recipe before 2026-11-27, hash d7c0d1faeea4)
     lm_cells_batch: int = 32
     lm_cells_lr: float = 2e-3
+    lm_cells_where: bool = False        # each cell word also names its cell: "<top-left:large-red-circle>"
 
     def hash(self) -> str:
         """Identifies the recipe: the shipped weights record it, and a test compares it with the code's.
 
         With the focus phase off its settings are left out, so a phase-1-only recipe keeps the hash it had before
-        the option existed (``add_lm_phase`` checks a directory against it)."""
+        the option existed (``add_lm_phase`` checks a directory against it); likewise ``lm_cells_where`` while off."""
         fields = dataclasses.asdict(self)
+        if not fields["lm_cells_where"]:
+            del fields["lm_cells_where"]
         for phase in ("lm_focus_", "lm_cells_"):
             if not fields[phase + "steps"]:
                 fields = {k: v for k, v in fields.items() if not k.startswith(phase)}
@@ -340,44 +344,60 @@ def focus_chat_lm(cfg: Stage0Config, lm, scenes, tokenizer, held_out=None, log=p
 # It is the text twin of the image: the tiny tower gives one patch token per cell, in the same order. An LM that
 # answers from nine cell words has the reading circuit stage 2 needs, and stage 1 gets a concrete target: W can map
 # each patch onto the word for what stands in its cell — §4.2's "visual tokenizer for the frozen LLM", made literal.
+#
+# With ``where`` each word also names its cell ("<top-left:large-red-circle>", 9 × 73 words), as a patch token
+# carries its place (CLIP adds a position embedding to every patch). The LM's rotary positions rotate queries and
+# keys but add nothing to the values it copies, so "which of the nine am I reading" is otherwise not in the token.
 EMPTY_CELL = "<empty>"
+WHATS = [EMPTY_CELL] + [f"<{size}-{color}-{shape}>" for size in SIZES for color in COLORS for shape in SHAPES]
 
 
-def cell_word(obj: Shape) -> str:
-    return f"<{obj.size}-{obj.color}-{obj.shape}>"
+def cell_word(what: str, cell: int, where: bool = False) -> str:
+    return f"<{POSITIONS[cell].replace(' ', '-')}:{what[1:]}" if where else what
 
 
-CELL_WORDS = [EMPTY_CELL] + [f"<{size}-{color}-{shape}>" for size in SIZES for color in COLORS for shape in SHAPES]
+def cell_words(where: bool = False) -> list[str]:
+    """Every cell word: ``WHATS`` (73), or with ``where`` each of them in each of the nine cells (657)."""
+    return [cell_word(w, c, where) for c in (range(GRID * GRID) if where else [0]) for w in WHATS]
 
 
-def scene_in_cell_words(layout: list[Shape]) -> str:
+CELL_WORDS = cell_words()
+
+
+def scene_in_cell_words(layout: list[Shape], where: bool = False) -> str:
     """Nine words, one per cell, top left to bottom right: what a 3×3 grid of patch tokens shows."""
-    words = {o.cell: cell_word(o) for o in layout}
-    return "".join(words.get(cell, EMPTY_CELL) for cell in range(GRID * GRID))
+    whats = {o.cell: f"<{o.size}-{o.color}-{o.shape}>" for o in layout}
+    return "".join(cell_word(whats.get(c, EMPTY_CELL), c, where) for c in range(GRID * GRID))
 
 
-def in_cell_words(record, layout: list[Shape]) -> str:
+def in_cell_words(record, layout: list[Shape], where: bool = False) -> str:
     """``text_qa_accuracy``'s ``in_words`` for the cell-word form."""
-    return scene_in_cell_words(layout)
+    return scene_in_cell_words(layout, where)
 
 
-def add_cell_words(lm, tokenizer) -> None:
-    """Register ``CELL_WORDS`` as whole words; each new embedding row starts at the mean of the pieces it names
-    ("<large-red-circle>" at the mean of " large", " red", " circle"), so it begins near what it means."""
-    pieces = [tokenizer(" " + (w[1:-1].replace("-", " ") if w != EMPTY_CELL else "nothing"),
-                        add_special_tokens=False)["input_ids"] for w in CELL_WORDS]
-    tokenizer.add_tokens(CELL_WORDS)
+def add_cell_words(lm, tokenizer, where: bool = False) -> None:
+    """Register ``cell_words(where)`` as whole words; each new embedding row starts near what it means: the mean
+    of the pieces it names ("<large-red-circle>": " large", " red", " circle"), plus with ``where`` the mean of
+    its cell's name (" top", " left")."""
+    def mean(text: str, table):
+        return table[tokenizer(" " + text, add_special_tokens=False)["input_ids"]].mean(0)
+
+    words = cell_words(where)
+    tokenizer.add_tokens(words)
     lm.resize_token_embeddings(len(tokenizer), mean_resizing=False)
     with torch.no_grad():
         for table in (lm.get_input_embeddings().weight, lm.get_output_embeddings().weight):
-            for word, ids in zip(CELL_WORDS, pieces):
-                table[tokenizer.convert_tokens_to_ids(word)] = table[ids].mean(0)
+            for word in words:
+                cell, _, what = word[1:-1].rpartition(":")
+                row = mean(what.replace("-", " ") if what != EMPTY_CELL[1:-1] else "nothing", table)
+                table[tokenizer.convert_tokens_to_ids(word)] = row + (mean(cell.replace("-", " "), table) if cell
+                                                                      else 0)
 
 
-def cell_words_sample(record, layout, rng: random.Random) -> dict:
+def cell_words_sample(record, layout, rng: random.Random, where: bool = False) -> dict:
     """Phase-3 dialogue: a phase-1 or focus dialogue about the scene in cell words, or (1 in 5) a stage-1 sample
     in the ``plain`` template — cell words then a caption — the very task stage 1 sets the projector."""
-    scene = scene_in_cell_words(layout)
+    scene = scene_in_cell_words(layout, where)
     roll = rng.random()
     if roll < 0.2:
         sample = make_sample(f"cells_{record.image_id}", record.file_name, [("<image>", rng.choice(record.captions))])
@@ -387,10 +407,12 @@ def cell_words_sample(record, layout, rng: random.Random) -> dict:
 
 
 def cell_words_chat_lm(cfg: "Stage0Config", lm, scenes, tokenizer, held_out=None, log=print) -> LlamaForCausalLM:
-    """Phase 3: a fresh AdamW on ``cell_words_sample`` dialogues (the tokenizer gains ``CELL_WORDS``)."""
+    """Phase 3: a fresh AdamW on ``cell_words_sample`` dialogues (the tokenizer gains ``cell_words``)."""
     lm.to(torch.bfloat16).to(torch.float32)
     torch.manual_seed(cfg.seed + 3)
-    add_cell_words(lm, tokenizer)
+    where = cfg.lm_cells_where
+    in_words = functools.partial(in_cell_words, where=where)
+    add_cell_words(lm, tokenizer, where)
     steps = cfg.lm_cells_steps
 
     def report(step: int, loss: float) -> None:
@@ -398,9 +420,9 @@ def cell_words_chat_lm(cfg: "Stage0Config", lm, scenes, tokenizer, held_out=None
             row = {"stage": "0b-cells", "step": step, "loss": round(loss, 4)}
             if held_out is not None and (step % 500 == 0 or step == steps - 1):
                 row["text_qa"] = {k: v["accuracy"] for k, v in
-                                  text_qa_accuracy(lm, tokenizer, held_out, 300, in_cell_words).items()}
+                                  text_qa_accuracy(lm, tokenizer, held_out, 300, in_words).items()}
             log(json.dumps(row))
-    return fit_lm(lm, tokenizer, lambda rng: cell_words_sample(*rng.choice(scenes)[:2], rng),
+    return fit_lm(lm, tokenizer, lambda rng: cell_words_sample(*rng.choice(scenes)[:2], rng, where),
                   random.Random(cfg.seed + 3), steps=steps, batch=cfg.lm_cells_batch, lr=cfg.lm_cells_lr,
                   warmup=0.05, max_length=cfg.max_length, desc="stage 0b: chat LM, cell words", report=report)
 
@@ -507,7 +529,7 @@ def run_stage0(out_dir: str | Path, cfg: Stage0Config | None = None, log=print) 
     return recipe
 
 
-def add_lm_phase(out_dir: str | Path, cfg: Stage0Config, log=print) -> dict:
+def add_lm_phase(out_dir: str | Path, cfg: Stage0Config, log=print, device: str = "cpu") -> dict:
     """Run only the last chat-LM phase ``cfg`` switches on (focus, then cells) on a recipe directory made by the
     same config without it; its tower, tokenizer and earlier phases are kept.
 
@@ -526,7 +548,7 @@ def add_lm_phase(out_dir: str | Path, cfg: Stage0Config, log=print) -> dict:
         raise ValueError(f"{out_dir}: recipe {recipe['config_hash']} is not this config without its {last} phase")
     scenes, held_out = recipe_scenes(cfg)
     tokenizer = AutoTokenizer.from_pretrained(out_dir / "lm")
-    lm = LlamaForCausalLM.from_pretrained(out_dir / "lm", dtype=torch.float32)
+    lm = LlamaForCausalLM.from_pretrained(out_dir / "lm", dtype=torch.float32).to(device)
     t = time.perf_counter()
     if last == "focus":
         recipe["text_qa_phase1"] = recipe["text_qa"]
@@ -534,6 +556,8 @@ def add_lm_phase(out_dir: str | Path, cfg: Stage0Config, log=print) -> dict:
     else:
         lm = cell_words_chat_lm(cfg, lm, scenes, tokenizer, held_out, log)
     recipe["seconds"][f"lm_{last}"] = round(time.perf_counter() - t, 1)
+    recipe.setdefault("machines", {})[f"lm_{last}"] = (  # the phase's seconds mean little without it
+        torch.cuda.get_device_name(device) if str(device).startswith("cuda") else f"{torch.get_num_threads()} CPU threads")
     recipe["seconds"]["total"] = round(recipe["seconds"]["total"] + recipe["seconds"][f"lm_{last}"], 1)
     recipe.update(text_qa_report(cfg, lm, tokenizer, held_out))
     recipe.update(config=dataclasses.asdict(cfg), config_hash=cfg.hash())
@@ -548,8 +572,8 @@ def text_qa_report(cfg: Stage0Config, lm, tokenizer, held_out) -> dict:
     """The recipe's check of the chat LM: text-only QA with the scene as a sentence, and as cell words."""
     report = {"text_qa": text_qa_accuracy(lm, tokenizer, held_out)}
     if cfg.lm_cells_steps:
-        report["text_qa_cells"] = text_qa_accuracy(lm, tokenizer, held_out,
-                                                   in_words=in_cell_words)
+        report["text_qa_cells"] = text_qa_accuracy(
+            lm, tokenizer, held_out, in_words=functools.partial(in_cell_words, where=cfg.lm_cells_where))
     return report
 
 
