@@ -53,6 +53,8 @@ CELL_VARIANTS = {  # name -> Stage0Config overrides of the cell-word phase (issu
     "cells_where": dict(lm_cells_steps=1000, lm_cells_where=True),
     "cells_where_x3": dict(lm_cells_steps=3000, lm_cells_where=True),
     "cells_where_x5": dict(lm_cells_steps=5000, lm_cells_where=True),
+    "cells_what_x3_color": dict(lm_cells_steps=3000, lm_cells_color=True),
+    "cells_where_x3_color": dict(lm_cells_steps=3000, lm_cells_where=True, lm_cells_color=True),
 }
 VARIANTS = ["qs_cuda", "s2_x3", "s2_x8", *LM_VARIANTS, "s2_given_lm", *CELL_VARIANTS]
 SMOKE = ["data_images=200", "stage1_steps=2", "stage2_steps=2"]  # --smoke: every path, a handful of steps

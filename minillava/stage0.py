@@ -70,15 +70,17 @@ class Stage0Config:
     lm_cells_batch: int = 32
     lm_cells_lr: float = 2e-3
     lm_cells_where: bool = False        # each cell word also names its cell: "<top-left:large-red-circle>"
+    lm_cells_color: bool = False        # its focus dialogues also drill "What color is the {shape}?"
 
     def hash(self) -> str:
         """Identifies the recipe: the shipped weights record it, and a test compares it with the code's.
 
         With the focus phase off its settings are left out, so a phase-1-only recipe keeps the hash it had before
-        the option existed (``add_lm_phase`` checks a directory against it); likewise ``lm_cells_where`` while off."""
+        the option existed (``add_lm_phase`` checks a directory against it); likewise the later switches while off."""
         fields = dataclasses.asdict(self)
-        if not fields["lm_cells_where"]:
-            del fields["lm_cells_where"]
+        for switch in ("lm_cells_where", "lm_cells_color"):
+            if not fields[switch]:
+                del fields[switch]
         for phase in ("lm_focus_", "lm_cells_"):
             if not fields[phase + "steps"]:
                 fields = {k: v for k, v in fields.items() if not k.startswith(phase)}
@@ -298,13 +300,13 @@ def train_chat_lm(cfg: Stage0Config, scenes, tokenizer, log=print) -> LlamaForCa
 FOCUS_KINDS = ("exists", "size", "relation", "position")
 
 
-def focus_sample(record, rng: random.Random, scene: str | None = None) -> dict:
-    """A short text-only dialogue (1–3 turns) that asks mostly about ``FOCUS_KINDS``; the scene is in words.
+def focus_sample(record, rng: random.Random, scene: str | None = None, kinds=FOCUS_KINDS) -> dict:
+    """A short text-only dialogue (1–3 turns) that asks mostly about ``kinds``; the scene is in words.
 
     "No" exists-questions name an absent pair that shares its colour or its shape with an object in the scene,
     so matching one word is not enough (the teacher's random absent pair usually shares neither)."""
     qas = scene_questions(record, rng)
-    focus = [q for q in qas if q.kind in FOCUS_KINDS]
+    focus = [q for q in qas if q.kind in kinds]
     present = {f"{o.color} {o.category}" for o in record.objects}
     near = [f"{c} {s}" for c in COLORS for s in SHAPES if f"{c} {s}" not in present
             and any(c == o.color or s == o.category for o in record.objects)]
@@ -394,7 +396,7 @@ def add_cell_words(lm, tokenizer, where: bool = False) -> None:
                                                                       else 0)
 
 
-def cell_words_sample(record, layout, rng: random.Random, where: bool = False) -> dict:
+def cell_words_sample(record, layout, rng: random.Random, where: bool = False, kinds=FOCUS_KINDS) -> dict:
     """Phase-3 dialogue: a phase-1 or focus dialogue about the scene in cell words, or (1 in 5) a stage-1 sample
     in the ``plain`` template — cell words then a caption — the very task stage 1 sets the projector."""
     scene = scene_in_cell_words(layout, where)
@@ -403,7 +405,9 @@ def cell_words_sample(record, layout, rng: random.Random, where: bool = False) -
         sample = make_sample(f"cells_{record.image_id}", record.file_name, [("<image>", rng.choice(record.captions))])
         sample["conversations"][0]["value"] = scene
         return {**sample, "template": dataclasses.replace(get_template("plain"), keep_question=True)}
-    return (text_sample if roll < 0.6 else focus_sample)(record, rng, scene=scene)
+    if roll < 0.6:
+        return text_sample(record, rng, scene=scene)
+    return focus_sample(record, rng, scene=scene, kinds=kinds)
 
 
 def cell_words_chat_lm(cfg: "Stage0Config", lm, scenes, tokenizer, held_out=None, log=print) -> LlamaForCausalLM:
@@ -422,7 +426,8 @@ def cell_words_chat_lm(cfg: "Stage0Config", lm, scenes, tokenizer, held_out=None
                 row["text_qa"] = {k: v["accuracy"] for k, v in
                                   text_qa_accuracy(lm, tokenizer, held_out, 300, in_words).items()}
             log(json.dumps(row))
-    return fit_lm(lm, tokenizer, lambda rng: cell_words_sample(*rng.choice(scenes)[:2], rng, where),
+    kinds = FOCUS_KINDS + ("color",) * cfg.lm_cells_color
+    return fit_lm(lm, tokenizer, lambda rng: cell_words_sample(*rng.choice(scenes)[:2], rng, where, kinds),
                   random.Random(cfg.seed + 3), steps=steps, batch=cfg.lm_cells_batch, lr=cfg.lm_cells_lr,
                   warmup=0.05, max_length=cfg.max_length, desc="stage 0b: chat LM, cell words", report=report)
 
