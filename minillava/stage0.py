@@ -10,8 +10,9 @@ tuned LLaMA). Offline on a CPU we have neither, so this recipe trains stand-ins 
 3. a tiny chat LM trained on text only, in the stage-2 template, to answer questions about a scene *described in
    words* — the skill LLaVA inherits from Vicuna and transfers to image tokens in stage 2. A second phase
    (``lm_focus_steps``) drills the kinds phase 1 leaves at the majority answer (existence, position, relations);
-   a third (``lm_cells_steps``) writes the scene as nine *cell words*, one per grid cell, the text twin of the
-   tower's nine patch tokens, so that stage 1 can map each patch onto a word the LM already reads.
+   a third (``lm_cells_steps``) writes the scene as nine *cell words*, one per grid cell, each naming what stands
+   in it and where ("<top-left:large-red-circle>"): the text twin of the tower's nine patch tokens, so that
+   stage 1 can map each patch onto a word the LM already reads.
 
 Checks (``recipe.json``): linear probes on the frozen patch features (colour / shape / size / occupancy per
 cell, and which cell a patch sits in) and the LM's text-only exact-match accuracy against the majority answer.
@@ -66,10 +67,10 @@ class Stage0Config:
     lm_focus_batch: int = 32
     lm_focus_lr: float = 2e-3
     # phase 3: the scene as nine cell words, the text twin of the 3×3 patch tokens
-    lm_cells_steps: int = 1000          # 0 = no cell-word phase (the recipe before 2026-11-27, hash d7c0d1faeea4)
+    lm_cells_steps: int = 5000          # 0 = no cell-word phase (the recipe before 2026-11-27, hash d7c0d1faeea4)
     lm_cells_batch: int = 32
     lm_cells_lr: float = 2e-3
-    lm_cells_where: bool = False        # each cell word also names its cell: "<top-left:large-red-circle>"
+    lm_cells_where: bool = True         # each cell word also names its cell: "<top-left:large-red-circle>"
     lm_cells_color: bool = False        # its focus dialogues also drill "What color is the {shape}?"
 
     def hash(self) -> str:
@@ -539,8 +540,9 @@ def add_lm_phase(out_dir: str | Path, cfg: Stage0Config, log=print, device: str 
     same config without it; its tower, tokenizer and earlier phases are kept.
 
     Equal to ``run_stage0(out_dir, cfg)`` from scratch, because each phase starts from the LM before it rounded to
-    bf16 — which is what the directory holds — and uses the same scenes and seeds; it saves the hour of retraining
-    the tower and the earlier phases. This is how the shipped LM got its focus and cell-word phases."""
+    bf16 — which is what the directory holds — and uses the same scenes and seeds (on the same kind of device); it
+    saves the hour of retraining the tower and the earlier phases. This is how the shipped LM got its focus and
+    cell-word phases (the latter on a GPU: ``device="cuda"``)."""
     from transformers import AutoTokenizer
     out_dir = Path(out_dir)
     recipe = json.loads((out_dir / "recipe.json").read_text())
@@ -561,8 +563,9 @@ def add_lm_phase(out_dir: str | Path, cfg: Stage0Config, log=print, device: str 
     else:
         lm = cell_words_chat_lm(cfg, lm, scenes, tokenizer, held_out, log)
     recipe["seconds"][f"lm_{last}"] = round(time.perf_counter() - t, 1)
-    recipe.setdefault("machines", {})[f"lm_{last}"] = (  # the phase's seconds mean little without it
-        torch.cuda.get_device_name(device) if str(device).startswith("cuda") else f"{torch.get_num_threads()} CPU threads")
+    machine = torch.cuda.get_device_name(device) if str(device).startswith("cuda") else \
+        f"{torch.get_num_threads()} CPU threads"
+    recipe.setdefault("machines", {})[f"lm_{last}"] = f"{machine}, torch {torch.__version__}"  # what seconds mean
     recipe["seconds"]["total"] = round(recipe["seconds"]["total"] + recipe["seconds"][f"lm_{last}"], 1)
     recipe.update(text_qa_report(cfg, lm, tokenizer, held_out))
     recipe.update(config=dataclasses.asdict(cfg), config_hash=cfg.hash())
