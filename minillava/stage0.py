@@ -364,8 +364,6 @@ def cell_words(where: bool = False) -> list[str]:
     return [cell_word(w, c, where) for c in (range(GRID * GRID) if where else [0]) for w in WHATS]
 
 
-CELL_WORDS = cell_words()
-
 
 def scene_in_cell_words(layout: list[Shape], where: bool = False) -> str:
     """Nine words, one per cell, top left to bottom right: what a 3×3 grid of patch tokens shows."""
@@ -391,10 +389,11 @@ def add_cell_words(lm, tokenizer, where: bool = False) -> None:
     with torch.no_grad():
         for table in (lm.get_input_embeddings().weight, lm.get_output_embeddings().weight):
             for word in words:
-                cell, _, what = word[1:-1].rpartition(":")
-                row = mean(what.replace("-", " ") if what != EMPTY_CELL[1:-1] else "nothing", table)
-                table[tokenizer.convert_tokens_to_ids(word)] = row + (mean(cell.replace("-", " "), table) if cell
-                                                                      else 0)
+                cell, _, what = word[1:-1].rpartition(":")  # "top-left", "large-red-circle" ("" without where)
+                start = mean(what.replace("-", " ") if what != EMPTY_CELL[1:-1] else "nothing", table)
+                if cell:
+                    start = start + mean(cell.replace("-", " "), table)
+                table[tokenizer.convert_tokens_to_ids(word)] = start
 
 
 def cell_words_sample(record, layout, rng: random.Random, where: bool = False, kinds=FOCUS_KINDS) -> dict:
