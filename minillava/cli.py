@@ -327,7 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_eval)
 
     p = commands.add_parser("ablate", help="the paper's ablation tables (Table 4, Table 8, MLP vs linear) on the tiny preset",
-                            epilog="example: minillava ablate --out runs/ablate --seeds 0,1,2  (about 45 min on 2 cores; "
+                            epilog="example: minillava ablate --out runs/ablate --seeds 0,1,2  (about 40 min on 2 cores; "
                                    "an interrupted run resumes)")
     p.add_argument("--out", type=Path, default=Path("runs/ablate"), help="one directory per arm and seed")
     p.add_argument("--results", type=Path, default=Path("results"), help="where ablations.json/.md/.png go")

@@ -355,14 +355,18 @@ EMPTY_CELL = "<empty>"
 WHATS = [EMPTY_CELL] + [f"<{size}-{color}-{shape}>" for size in SIZES for color in COLORS for shape in SHAPES]
 
 
-def cell_word(what: str, cell: int, where: bool = False) -> str:
+def cell_word(what: str, cell: int | None, where: bool = False) -> str:
     return f"<{POSITIONS[cell].replace(' ', '-')}:{what[1:]}" if where else what
+
+
+def _what_and_cell(where: bool) -> list[tuple[str, int | None]]:
+    """What each cell word names: (what, cell), cell None without ``where``."""
+    return [(what, cell) for cell in (range(GRID * GRID) if where else [None]) for what in WHATS]
 
 
 def cell_words(where: bool = False) -> list[str]:
     """Every cell word: ``WHATS`` (73), or with ``where`` each of them in each of the nine cells (657)."""
-    return [cell_word(w, c, where) for c in (range(GRID * GRID) if where else [0]) for w in WHATS]
-
+    return [cell_word(what, cell, where) for what, cell in _what_and_cell(where)]
 
 
 def scene_in_cell_words(layout: list[Shape], where: bool = False) -> str:
@@ -383,17 +387,15 @@ def add_cell_words(lm, tokenizer, where: bool = False) -> None:
     def mean(text: str, table):
         return table[tokenizer(" " + text, add_special_tokens=False)["input_ids"]].mean(0)
 
-    words = cell_words(where)
-    tokenizer.add_tokens(words)
+    tokenizer.add_tokens(cell_words(where))
     lm.resize_token_embeddings(len(tokenizer), mean_resizing=False)
     with torch.no_grad():
         for table in (lm.get_input_embeddings().weight, lm.get_output_embeddings().weight):
-            for word in words:
-                cell, _, what = word[1:-1].rpartition(":")  # "top-left", "large-red-circle" ("" without where)
-                start = mean(what.replace("-", " ") if what != EMPTY_CELL[1:-1] else "nothing", table)
-                if cell:
-                    start = start + mean(cell.replace("-", " "), table)
-                table[tokenizer.convert_tokens_to_ids(word)] = start
+            for what, cell in _what_and_cell(where):
+                start = mean(what[1:-1].replace("-", " ") if what != EMPTY_CELL else "nothing", table)
+                if cell is not None:
+                    start = start + mean(POSITIONS[cell], table)
+                table[tokenizer.convert_tokens_to_ids(cell_word(what, cell, where))] = start
 
 
 def cell_words_sample(record, layout, rng: random.Random, where: bool = False, kinds=FOCUS_KINDS) -> dict:
