@@ -107,6 +107,7 @@ def run_quickstart(out_dir: str | Path = "runs/quickstart", *, from_scratch: boo
                       "nearest_word_after_stage1": measured["nearest_word_after_stage1"],
                       "nearest_word_after_stage2": measured["nearest_word_after_stage2"]},
         "seconds": {k: round(v, 1) for k, v in seconds.items()},
+        "machine": kernel_settings(),
         "model": str(out_dir / "stage2"),
     }
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
@@ -179,7 +180,24 @@ def report(metrics: dict) -> str:
                           f"object; the mean over all heads is {fmt(head['mean_heads_heldout'])}×."]
     p = metrics["parameters"]
     lines += ["", f"Parameters: vision {p['vision']:,} (frozen), projector {p['projector']:,}, LM {p['lm']:,}."]
+    m = metrics.get("machine")
+    if m:
+        pinned = ", ".join(f"{k}={v}" for k, v in m["pinned"].items()) or "none (the CPU's own)"
+        lines += ["", f"Kernels: torch {m['torch']} on {m['cpu_capability']} kernels, {m['threads']} threads; pinned: "
+                      f"{pinned}. The same kernels give the same digits on any machine; others differ in the last ones."]
     return "\n".join(lines) + "\n"
+
+
+def kernel_settings() -> dict:
+    """Which CPU kernels this process runs: results are bit-exact only between runs on the same kernels
+    (README, "Testing")."""
+    import os
+
+    import torch
+
+    pins = ("ATEN_CPU_CAPABILITY", "MKL_CBWR", "MKL_ENABLE_INSTRUCTIONS", "ONEDNN_MAX_CPU_ISA")
+    return {"torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "threads": torch.get_num_threads(), "pinned": {k: os.environ[k] for k in pins if os.environ.get(k)}}
 
 
 def cached_quickstart(cache_dir: str | Path | None = None, overrides: list[str] | None = None) -> dict:
@@ -196,7 +214,9 @@ def cached_quickstart(cache_dir: str | Path | None = None, overrides: list[str] 
     # fields left "off" ("" / False / 0) are left out of the key, so adding an opt-in feature to Config does not
     # invalidate every cached model; any field that is switched on, or any changed value, still does
     fields = {k: v for k, v in load_config("tiny", overrides).to_dict().items() if v not in ("", False, 0, None)}
-    key = hashlib.sha1(json.dumps([fields, shipped_recipe_hash()]).encode()).hexdigest()[:10]
+    # a model trained on other CPU kernels differs in its last digits: keep one per kernel setting
+    kernels = {k: v for k, v in kernel_settings().items() if k != "threads"}
+    key = hashlib.sha1(json.dumps([fields, shipped_recipe_hash(), kernels]).encode()).hexdigest()[:10]
     out = cache_dir / f"quickstart-{key}"
     if not (out / "metrics.json").is_file():
         run_quickstart(out, overrides=overrides, progress=False, log=lambda message: None)
