@@ -18,6 +18,8 @@ import statistics
 import time
 from pathlib import Path
 
+from .. import paper
+
 # arm → (config overrides, stage-2 data mix as {response type: fraction kept}; None = no stage 2)
 FULL = {"conv": 1.0, "detail": 1.0, "complex": 1.0}
 ARMS: dict[str, tuple[dict, dict | None]] = {
@@ -31,16 +33,18 @@ ARMS: dict[str, tuple[dict, dict | None]] = {
     "linear projector": ({"projector": "linear"}, FULL),
 }
 
-# The paper's figures for the same comparisons (PAPER.md): (table, metric, value).
+# The paper's figures for the same comparisons (minillava/paper.py): (table, metric, value).
+_T4, _T8, _MME = "LLaVA-Bench all", f"ScienceQA (full: {paper.TABLE8['best variant (full recipe)']})", paper.LLAVA15_SCALING
 PAPER = {
-    "full": ("Table 4", "LLaVA-Bench all", 85.1),
-    "detail+complex": ("Table 4", "LLaVA-Bench all", 81.9),
-    "conv+5%detail+10%complex": ("Table 4", "LLaVA-Bench all", 80.5),
-    "conv only": ("Table 4", "LLaVA-Bench all", 73.8),
-    "no instruction tuning": ("Table 4", "LLaVA-Bench all", 21.5),
-    "last layer": ("Table 8", "ScienceQA (full: 90.92)", 89.96),
-    "no stage 1": ("Table 8", "ScienceQA (full: 90.92)", 85.81),
-    "linear projector": ("LLaVA-1.5 Table 2", "MME (MLP: 1355.2)", 1323.8),
+    "full": ("Table 4", _T4, paper.TABLE4["Full data"]["all"]),
+    "detail+complex": ("Table 4", _T4, paper.TABLE4["Detail + Complex"]["all"]),
+    "conv+5%detail+10%complex": ("Table 4", _T4, paper.TABLE4["Conv + 5% Detail + 10% Complex"]["all"]),
+    "conv only": ("Table 4", _T4, paper.TABLE4["Conversation only"]["all"]),
+    "no instruction tuning": ("Table 4", _T4, paper.TABLE4["No instruction tuning"]["all"]),
+    "last layer": ("Table 8", _T8, paper.TABLE8["last-layer visual features"]),
+    "no stage 1": ("Table 8", _T8, paper.TABLE8["no stage-1 pre-training"]),
+    "linear projector": ("LLaVA-1.5 scaling table", f"MME (MLP: {_MME['+ MLP connector']['MME']})",
+                         _MME["+ format prompt"]["MME"]),
 }
 
 # A budget that lets 8 arms × 3 seeds finish in under an hour on an idle 2-core machine (stage 2 at a fifth of the

@@ -43,6 +43,24 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return (round(max(0.0, centre - half), 3), round(min(1.0, centre + half), 3))
 
 
+def learned_kinds(per_kind: dict[str, dict], blank_accuracy: dict[str, float]) -> list[str]:
+    """The question kinds answered by looking — the one definition of "learned" every notebook uses.
+
+    A kind is learned when the lower end of its 95% interval clears both the upper end of the same model's interval
+    with a blank image (what the question and the language prior alone get right) and the majority answer (the
+    best constant guess). ``per_kind`` rows hold ``ci95``, ``n`` and ``majority`` (as ``evaluate_exact`` returns).
+    """
+    learned = []
+    for kind, row in per_kind.items():
+        if kind == "all":
+            continue
+        blank = blank_accuracy[kind]
+        blank_upper = wilson(round(blank * row["n"]), row["n"])[1]
+        if row["ci95"][0] > max(blank_upper, row["majority"]):
+            learned.append(kind)
+    return learned
+
+
 @torch.no_grad()
 def evaluate_exact(model, processor, rows: list[tuple[ImageRecord, QA]], image_root: str | Path, *,
                    blank_image: bool = False, batch_size: int = 64, progress: bool = False) -> dict:

@@ -1,7 +1,7 @@
 """§4.1 the vision encoder g: Z_v = g(X_v).
 
 LLaVA takes CLIP ViT-L/14's grid features "before and after the last Transformer layer" and uses the
-*penultimate* one (§4.1; Table 8 shows last-layer features score 0.96 lower on ScienceQA): the last layer is
+*penultimate* one (§4.1; in Table 8 last-layer features score lower on ScienceQA): the last layer is
 trained to pool everything into CLS for the contrastive loss, so its patch tokens are less local. The CLS token
 itself is dropped, leaving one feature per patch. The encoder is frozen in both training stages.
 """
