@@ -40,9 +40,9 @@ LLAVA15_SCALING = {
     "13B (final)": {"GQA": 63.3, "MME": 1531.3, "MM-Vet": 36.1},
 }
 
-# The hyperparameters each stage trained with: LLaVA's from §4.2, LLaVA-1.5's from the authors' scripts/v1_5/pretrain.sh
-# and finetune.sh (per-device batch × 8 GPUs). All use AdamW without weight decay, a cosine schedule with warmup
-# ratio 0.03, max length 2048 and bf16.
+# The hyperparameters each stage trained with: LLaVA's from §4.2, LLaVA-1.5's from the authors'
+# scripts/v1_5/pretrain.sh and finetune.sh (per-device batch × 8 GPUs). All use AdamW without weight decay, a cosine
+# schedule with warmup ratio 0.03, max length 2048 and bf16.
 HYPERPARAMETERS = {
     "LLaVA stage 1": {"data": "CC-595K", "trains": "W", "batch": 128, "lr": 2e-3, "epochs": 1},
     "LLaVA stage 2": {"data": "LLaVA-Instruct-158K", "trains": "W + LM", "batch": 32, "lr": 2e-5, "epochs": 3},

@@ -178,7 +178,8 @@ def report(metrics: dict) -> str:
                       f"{s1['n_objects']} objects after stage 1 and {fmt(s2['rate'])} after stage 2."]
         head = g.get("attention_by_head")
         if head and head.get("best_head"):
-            lines += ["", f"The most grounded head (layer {head['best_head'][0]}, head {head['best_head'][1]}, picked "
+            layer, index = (i + 1 for i in head["best_head"])  # counted from 1, as in the notebooks
+            lines += ["", f"The most grounded head (layer {layer}, head {index}, picked "
                           f"on other scenes) puts {fmt(head['heldout_ratio'])}× the uniform share on the named "
                           f"object; the mean over all heads is {fmt(head['mean_heads_heldout'])}×."]
     p = metrics["parameters"]
@@ -187,7 +188,8 @@ def report(metrics: dict) -> str:
     if m:
         pinned = ", ".join(f"{k}={v}" for k, v in m["pinned"].items()) or "none (the CPU's own)"
         lines += ["", f"Kernels: torch {m['torch']} on {m['cpu_capability']} kernels, {m['threads']} threads; pinned: "
-                      f"{pinned}. The same kernels give the same digits on any machine; others differ in the last ones."]
+                      f"{pinned}. The same kernels give the same digits on any machine; others differ in the last "
+                      "ones."]
     return "\n".join(lines) + "\n"
 
 

@@ -34,7 +34,8 @@ ARMS: dict[str, tuple[dict, dict | None]] = {
 }
 
 # The paper's figures for the same comparisons (minillava/paper.py): (table, metric, value).
-_T4, _T8, _MME = "LLaVA-Bench all", f"ScienceQA (full: {paper.TABLE8['best variant (full recipe)']})", paper.LLAVA15_SCALING
+_T4, _MME = "LLaVA-Bench all", paper.LLAVA15_SCALING
+_T8 = f"ScienceQA (full: {paper.TABLE8['best variant (full recipe)']})"
 PAPER = {
     "full": ("Table 4", _T4, paper.TABLE4["Full data"]["all"]),
     "detail+complex": ("Table 4", _T4, paper.TABLE4["Detail + Complex"]["all"]),

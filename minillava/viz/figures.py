@@ -113,7 +113,9 @@ def plot_head_focus(by_head: dict):
     fig, ax = plt.subplots(figsize=(5.6, 3.4))
     im = ax.imshow(ratios, cmap="viridis")
     ax.set_xlabel("head"), ax.set_ylabel("LM layer")
-    ax.set_xticks(range(ratios.shape[1])), ax.set_yticks(range(ratios.shape[0]))
+    # layers and heads counted from 1, as everywhere else in the walkthrough (hidden_states[i] is after layer i)
+    ax.set_xticks(range(ratios.shape[1]), [str(h + 1) for h in range(ratios.shape[1])])
+    ax.set_yticks(range(ratios.shape[0]), [str(n + 1) for n in range(ratios.shape[0])])
     ax.set_title("focus on the named object, per head")
     fig.colorbar(im, ax=ax, label="× uniform share")
     return fig
