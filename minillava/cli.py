@@ -75,11 +75,12 @@ def _data_stats(args: argparse.Namespace) -> None:
 
 def _train(args: argparse.Namespace) -> None:
     if args.stage == 0:
+        from .config import config_from_overrides
         from .stage0 import Stage0Config, run_stage0
 
         if args.preset != "tiny":
             raise ValueError("stage 0 exists only for the tiny preset: other presets start from hub checkpoints")
-        cfg = Stage0Config(**{k: type(getattr(Stage0Config, k))(v) for k, v in (o.split("=", 1) for o in args.overrides)})
+        cfg = config_from_overrides(Stage0Config, args.overrides)
         recipe = run_stage0(args.out, cfg)
         print(json.dumps({k: recipe[k] for k in ("config_hash", "seconds", "probes", "text_qa")}, indent=1))
         return

@@ -138,6 +138,21 @@ def _coerce(name: str, value, kind):
         raise ConfigError(f"config field '{name}': expected {kind.__name__}, got {value!r}") from None
 
 
+def config_from_overrides(cls, overrides: list[str]):
+    """A config dataclass (e.g. ``Stage0Config``) from ``key=value`` strings, parsed as ``load_config`` parses them:
+    unknown keys and bad values are one-line errors, and ``false`` / ``0`` / ``no`` / ``off`` mean False."""
+    types = {f.name: type(f.default) for f in fields(cls)}
+    values = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not key=value")
+        key, value = (part.strip() for part in item.split("=", 1))
+        if key not in types:
+            raise ConfigError(f"unknown config field {key!r}")
+        values[key] = _coerce(key, value, types[key])
+    return cls(**values)
+
+
 def load_config(preset: str = "tiny", overrides: list[str] | dict | None = None, file: str | Path | None = None) -> Config:
     """Preset, then a YAML/JSON file, then ``key=value`` overrides; every key and value is checked."""
     if preset not in PRESETS:

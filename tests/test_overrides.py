@@ -1,0 +1,25 @@
+"""key=value overrides parse the same way for every config class: booleans by meaning, not by truthiness."""
+
+import pytest
+
+from minillava.config import ConfigError, config_from_overrides, load_config
+from minillava.stage0 import Stage0Config
+
+
+@pytest.mark.parametrize("text, expected", [("false", False), ("0", False), ("no", False), ("off", False),
+                                            ("true", True), ("1", True), ("yes", True), ("on", True)])
+def test_stage0_boolean_override_reads_its_meaning(text, expected):
+    # bool("false") is True: a plain type cast would switch the option on
+    assert config_from_overrides(Stage0Config, [f"lm_cells_color={text}"]).lm_cells_color is expected
+    assert load_config("tiny", [f"bf16={text}"]).bf16 is expected
+
+
+def test_stage0_overrides_check_keys_and_values():
+    cfg = config_from_overrides(Stage0Config, ["clip_steps=12", "scenes = 40"])
+    assert (cfg.clip_steps, cfg.scenes) == (12, 40)
+    with pytest.raises(ConfigError, match="unknown config field 'clip_stepz'"):
+        config_from_overrides(Stage0Config, ["clip_stepz=12"])
+    with pytest.raises(ConfigError, match="config field 'clip_steps': expected int"):
+        config_from_overrides(Stage0Config, ["clip_steps=many"])
+    with pytest.raises(ConfigError, match="expected true or false"):
+        config_from_overrides(Stage0Config, ["lm_cells_where=maybe"])
