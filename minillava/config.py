@@ -1,7 +1,7 @@
 """Presets: ``tiny`` (embedded scenes, CPU), ``small`` (COCO subset, one GPU), ``paper`` (ViT-L/14 + 7B, several GPUs).
 
 One flat dataclass with prefixed fields (``vision_*``, ``lm_*``, ``stage1_*``, ``stage2_*``); any field can be
-overridden by ``key=value`` on the command line or by a YAML/JSON file. Values from the paper (§4.2, PAPER.md):
+overridden by ``key=value`` on the command line or by a YAML/JSON file. Values from the paper (§4.2; `minillava.paper`):
 stage 1 batch 128, lr 2e-3, 1 epoch, only W trains; stage 2 batch 32, lr 2e-5, 3 epochs, W and the LM train;
 AdamW without weight decay, cosine schedule with 3% warmup.
 """

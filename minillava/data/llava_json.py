@@ -1,6 +1,6 @@
 """LLaVA-format instruction data: read, validate, write, summarise.
 
-The de-facto format of every LLaVA-style trainer (PAPER.md, §3)::
+The de-facto format of every LLaVA-style trainer (the authors' LLaVA-Instruct-158K files, §3)::
 
     [{"id": "...", "image": "file.png",
       "conversations": [{"from": "human", "value": "<image>\\nQ1"}, {"from": "gpt", "value": "A1"},

@@ -6,7 +6,7 @@ steps, so the data arms differ in *what* the model sees, not in how much compute
 epochs over data sets of different sizes). Each finished (arm, seed) writes its ``metrics.json``, so an interrupted
 ``minillava ablate`` resumes where it stopped.
 
-The paper's numbers (PAPER.md) sit beside ours: Table 4 is LLaVA-Bench (COCO) with a GPT-4 judge; Table 8 is
+The paper's numbers (`minillava.paper`) sit beside ours: Table 4 is LLaVA-Bench (COCO) with a GPT-4 judge; Table 8 is
 ScienceQA accuracy; the projector row is LLaVA-1.5's MME. Different benchmarks, so compare directions, not values.
 """
 
