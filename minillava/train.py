@@ -391,7 +391,7 @@ def run_stage(cfg: Config, stage: int, out_dir: str | Path, *, resume: bool = Fa
     image_features = feature_source(model, processor, cfg, progress)
     check_max_length(cfg, model)
     samples, source = stage_samples(cfg, stage, data_dir)
-    dataset = InstructDataset(samples, model.tokenizer, dataset_template(cfg, stage),
+    dataset = InstructDataset(samples, model.tokenizer, dataset_template(cfg, stage, model.tokenizer),
                               image_tokens=model.num_image_tokens, max_length=cfg.max_length, source=source)
     if dataset.truncated:
         print(f"warning: {dataset.truncated} of {len(dataset)} samples were longer than max_length="
@@ -404,7 +404,7 @@ def run_stage(cfg: Config, stage: int, out_dir: str | Path, *, resume: bool = Fa
     eval_fn = None
     if cfg.eval_every and (data_dir / "annotations" / "captions_val.json").is_file():
         val_samples, val_source = stage_samples(cfg, stage, data_dir, split="val")
-        val = InstructDataset(val_samples[:128], model.tokenizer, dataset_template(cfg, stage),
+        val = InstructDataset(val_samples[:128], model.tokenizer, dataset_template(cfg, stage, model.tokenizer),
                               image_tokens=model.num_image_tokens, max_length=cfg.max_length, source=val_source)
         val.attach_features(image_features(val.images))
         eval_fn = lambda m: {"val_loss": round(validation_loss(m, val), 5)}  # noqa: E731
@@ -449,9 +449,10 @@ def check_max_length(cfg: Config, model) -> None:
                           f"{limit} positions (max_position_embeddings)")
 
 
-def dataset_template(cfg: Config, stage: int):
+def dataset_template(cfg: Config, stage: int, tokenizer=None):
+    """The stage's template; ``chat`` is read off ``tokenizer``'s own chat template."""
     from .conversation import get_template
-    return get_template(getattr(cfg, f"stage{stage}_template"))
+    return get_template(getattr(cfg, f"stage{stage}_template"), tokenizer)
 
 
 @torch.no_grad()

@@ -85,9 +85,10 @@ def scene_questions(record: ImageRecord, rng: random.Random) -> list[QA]:
     # counts, of everything and of one category (possibly zero, which is still a definite answer)
     qas.append(QA("How many objects are there in the image?" if not has_attrs else "How many shapes are there?",
                   there_are("object" if not has_attrs else "shape", len(objs)), "count", number(len(objs))))
-    asked = rng.choice(vocabulary)
-    qas.append(QA(f"How many {plural(asked)} are there?", there_are(asked, categories[asked]), "count",
-                  number(categories[asked])))
+    if vocabulary:  # a COCO image with captions but no boxes (real COCO has them) names no category to ask about
+        asked = rng.choice(vocabulary)
+        qas.append(QA(f"How many {plural(asked)} are there?", there_are(asked, categories[asked]), "count",
+                      number(categories[asked])))
 
     # position of a uniquely named object, and the object at a position
     for obj in _unique(record, name):
