@@ -69,6 +69,7 @@ class Config:
     bf16: bool = True                    # autocast on CUDA only; CPU runs in fp32
     pack_sequences: bool = False         # padding-free rows of up to max_length tokens (position ids restart)
     compile: bool = False                # torch.compile the LM decoder (off: CPU compile is slow to start)
+    gradient_checkpointing: bool = False  # stage 2: recompute each LM layer in the backward (less memory, more time)
     log_every: int = 25
     eval_every: int = 200                # held-out loss every N steps (0 = never)
     save_every: int = 250
