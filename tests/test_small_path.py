@@ -140,14 +140,17 @@ def smol_run(standins, coco, tmp_path_factory) -> Path:
 
 def test_messy_coco_records_become_instructions(coco):
     samples = json.loads((coco / "instruct_val2017.json").read_text())
-    by_image = {}
+    turns = {}
     for s in samples:
-        by_image.setdefault(int(Path(s["image"]).stem), []).append(s)
-    assert set(by_image) == {NO_BOXES, CROWD, DOZENS, TINY, *range(105, 111)}
-    text = lambda image_id: " ".join(t["value"] for s in by_image[image_id] for t in s["conversations"])  # noqa: E731
-    assert "There are no objects" in text(NO_BOXES) or "no" in text(NO_BOXES)
-    assert "one person" not in text(CROWD) and "How many objects" not in text(CROWD)  # a crowd box is not one
-    assert "40" in text(DOZENS) or "ten" in text(DOZENS) or "traffic light" in text(DOZENS)
+        turns.setdefault(int(Path(s["image"]).stem), []).extend(t["value"] for t in s["conversations"])
+    assert set(turns) == {NO_BOXES, CROWD, DOZENS, TINY, *range(105, 111)}  # none dropped, none crashed
+    text = {image_id: " ".join(values) for image_id, values in turns.items()}
+    assert "There are no objects." in text[NO_BOXES] and "hexagon" not in text[NO_BOXES]
+    assert "many people" in text[CROWD] and "one person" not in text[CROWD]  # a crowd box is not one person
+    assert "How many objects" not in text[CROWD] and "taken away" not in text[CROWD]  # crowds are never counted
+    assert "There are 40 objects." in text[DOZENS] and "10 cars" in text[DOZENS]
+    assert "a person, a car" not in text[DOZENS]  # forty objects are summed up per category, not listed
+    assert "traffic light" in text[TINY] and "sports ball" in text[TINY]  # sub-pixel boxes are objects too
 
 
 def test_stage2_saves_a_tied_head_once_and_reloads_it_tied(smol_run, standins):

@@ -24,7 +24,7 @@ from .llava_json import make_sample
 from .prompts import DETAIL_PROMPTS
 from .records import ImageRecord, ObjectRecord
 from .shapes import COLORS, POSITIONS, SHAPES
-from .words import a, join_words, number, plural
+from .words import a, count_phrase, join_words, number, plural
 
 def there_are(noun: str, n: int) -> str:
     """'There is one circle.' / 'There are two circles.' / 'There are no circles.'"""
@@ -181,20 +181,29 @@ def reasoning_question(record: ImageRecord, rng: random.Random) -> QA:
     objs = record.objects
     n = len(objs)
     has_attrs = bool(objs) and all(o.color for o in objs)
-    listed = join_words([a(describe(o)) for o in objs]) if objs else "nothing"
+    if has_attrs or not objs:
+        listed = join_words([a(describe(o)) for o in objs]) if objs else "nothing"
+    else:  # COCO: dozens of boxes read as counts per category ("ten people and two cars"), not one by one
+        per_category = Counter(o.category for o in objs)
+        listed = join_words([count_phrase(c, k, one="a") for c, k in per_category.items()])
     crowds = crowded(record)
     options = (["add"] if crowds else ["remove", "add"]) + (["compare", "repaint"] if has_attrs else [])
     kind = rng.choice(options) if objs else "add"
     if kind == "remove":
         gone = rng.choice(objs)
         left = n - 1
-        return QA(f"If the {name(gone)} were taken away, how many objects would be left?",
-                  f"The image has {number(n)} {plural('object', n)}: {listed}. Taking away the {name(gone)} "
+        # COCO: "the car" names nothing when there are ten (the embedded scenes keep their wording)
+        several = not has_attrs and sum(name(o) == name(gone) for o in objs) > 1
+        the = f"one of the {plural(name(gone))}" if several else f"the {name(gone)}"
+        return QA(f"If {the} were taken away, how many objects would be left?",
+                  f"The image has {number(n)} {plural('object', n)}: {listed}. Taking away {the} "
                   f"leaves {number(left)} {plural('object', left)}.", "reasoning", number(left))
     if kind == "add":
         countable = [o.category for o in objs if o.category not in crowds] or \
             [next(c for c in ("dog", "cat") if c not in crowds)]  # only crowds: ask about an absent category
-        category = rng.choice(list(SHAPES) if has_attrs or not objs else countable)
+        if not objs:  # a COCO image without boxes (every scene has shapes): none of COCO's categories is boxed
+            countable = ["person"]
+        category = rng.choice(list(SHAPES) if has_attrs else countable)
         k = sum(o.category == category for o in objs)
         return QA(f"If one more {category} were added, how many {plural(category)} would there be?",
                   f"Right now there {'is' if k == 1 else 'are'} {number(k)} {plural(category, k)}. "
