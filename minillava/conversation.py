@@ -96,9 +96,14 @@ def template_from_chat_template(tokenizer) -> Template:
     one = render([{"role": "user", "content": q1}])
     two = render([{"role": "user", "content": q1}, {"role": "assistant", "content": a1},
                   {"role": "user", "content": q2}])
+    refuse = ValueError(f"template 'chat': the chat template of {name} is not a plain alternation of turns "
+                        f"(system, user, assistant); use stage2_template=vicuna_v1")
+    if one.count(q1) != 1 or [two.count(m) for m in (q1, a1, q2)] != [1, 1, 1]:
+        raise refuse  # e.g. earlier answers dropped from the prompt, as reasoning LMs' templates do
     start, assistant_prefix = one.split(q1)
     between = two.split(a1)[1].split(q2)[0]  # E + sep + U
-    specials = [tokenizer.eos_token or ""] + list(getattr(tokenizer, "all_special_tokens", []))
+    added = [t.content for t in getattr(tokenizer, "added_tokens_decoder", {}).values() if t.special]
+    specials = [tokenizer.eos_token or "", *getattr(tokenizer, "all_special_tokens", []), *added]
     stop = next((t for t in specials if t and between.startswith(t)), None)
     if stop is None:
         raise ValueError(f"template 'chat': the chat template of {name} does not close an answer with a special "
@@ -111,8 +116,7 @@ def template_from_chat_template(tokenizer) -> Template:
         [{"from": "human", "value": q1}, {"from": "gpt", "value": a1}, {"from": "human", "value": q2},
          {"from": "gpt", "value": ""}], tmpl)[:-1])
     if not user_prefix or expected != two:
-        raise ValueError(f"template 'chat': the chat template of {name} is not a plain alternation of turns "
-                         f"(system, user, assistant); use stage2_template=vicuna_v1")
+        raise refuse
     return tmpl
 
 
