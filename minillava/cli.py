@@ -243,7 +243,11 @@ def _plan(args: argparse.Namespace) -> None:
     from .config import load_config
     from .plan import format_plan, make_plan
 
-    plan = make_plan(load_config(args.preset, args.overrides, args.config))
+    try:
+        stage1, stage2 = (int(n) for n in args.text_tokens.split(","))
+    except ValueError:
+        raise ValueError(f"--text-tokens: expected two integers S1,S2, got {args.text_tokens!r}") from None
+    plan = make_plan(load_config(args.preset, args.overrides, args.config), text_tokens={1: stage1, 2: stage2})
     print(json.dumps(plan, indent=1, default=str) if args.json else format_plan(plan))
 
 
@@ -308,6 +312,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="small", help="tiny | small | paper")
     p.add_argument("--config", type=Path, help="a YAML or JSON file of config fields")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    p.add_argument("--text-tokens", default="24,256", help="mean text tokens per sample in stage 1,2 (caption; "
+                   "dialogue, with the template): about 1.3 × the words per sample that `minillava data stats` counts")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config fields, e.g. lora_r=64 grad_accum=2")
     p.set_defaults(func=_plan)
 

@@ -116,12 +116,15 @@ def count_activations(mode, lm, projector, batch: int, seq_len: int, image_token
     return sum(saved.values())
 
 
-def stage_plan(cfg, stage: int, models, seq_len: int | None = None, answer_tokens: int | None = None) -> dict:
-    """Parameters, tokens, FLOPs and peak memory (bytes) of one training step of ``stage`` under ``cfg``."""
+def stage_plan(cfg, stage: int, models, seq_len: int | None = None, answer_tokens: int | None = None,
+               text_tokens: int | None = None) -> dict:
+    """Parameters, tokens, FLOPs and peak memory (bytes) of one training step of ``stage`` under ``cfg``.
+
+    ``seq_len`` (image + text tokens per sample) defaults to N + ``text_tokens`` (default ``TEXT_TOKENS``)."""
     mode, vision, lm, projector = models
     n_image = (vision.config.image_size // vision.config.patch_size) ** 2 + (1 if cfg.vision_keep_cls else 0)
     micro = max(1, getattr(cfg, f"stage{stage}_batch") // cfg.grad_accum)
-    seq_len = seq_len or min(n_image + TEXT_TOKENS[stage], cfg.max_length)
+    seq_len = seq_len or min(n_image + (text_tokens or TEXT_TOKENS[stage]), cfg.max_length)
     answer_tokens = answer_tokens or max(1, int(ANSWER_SHARE[stage] * (seq_len - n_image)))
     count = lambda module: sum(p.numel() for p in module.parameters())  # noqa: E731 (tied weights count once)
     p_vision, p_lm, p_proj = count(vision), count(lm), count(projector)
@@ -161,13 +164,16 @@ def stage_plan(cfg, stage: int, models, seq_len: int | None = None, answer_token
             "feature_pass_flops_per_image": 2 * p_vision * (n_image + 1)}
 
 
-def make_plan(cfg) -> dict:
-    """The plan of both stages, and for every card a stage does not fit, the changes that make it fit."""
+def make_plan(cfg, text_tokens: dict[int, int] | None = None) -> dict:
+    """The plan of both stages, and for every card a stage does not fit, the changes that make it fit.
+
+    ``text_tokens``: mean text tokens per sample for stage 1 and 2 (default ``TEXT_TOKENS``)."""
     from .config import ConfigError
 
     vision_config, lm_config, source = backbone_configs(cfg)
     models = fake_models(cfg, vision_config, lm_config)
-    stages = [stage_plan(cfg, s, models) for s in (1, 2)]
+    text_tokens = {**TEXT_TOKENS, **(text_tokens or {})}
+    stages = [stage_plan(cfg, s, models, text_tokens=text_tokens[s]) for s in (1, 2)]
     fixes = {}
     for plan in stages:
         s = plan["stage"]
@@ -186,13 +192,13 @@ def make_plan(cfg) -> dict:
                     changed = dataclasses.replace(cfg, **change).validate()
                 except ConfigError:
                     continue
-                if stage_plan(changed, s, models)["fits"][gb]:
+                if stage_plan(changed, s, models, text_tokens=text_tokens[s])["fits"][gb]:
                     fixes.setdefault(s, {})[gb] = label
                     break
             else:
                 fixes.setdefault(s, {})[gb] = "none of bf16, checkpointing, LoRA, grad_accum fits; a bigger card"
     return {"preset": cfg.preset, "vision": cfg.vision_name, "lm": cfg.lm_name, "configs": source,
-            "bf16": cfg.bf16 and cfg.device != "cpu", "stages": stages, "fixes": fixes}
+            "bf16": cfg.bf16 and cfg.device != "cpu", "text_tokens": text_tokens, "stages": stages, "fixes": fixes}
 
 
 def _gib(n: float) -> str:
@@ -218,6 +224,7 @@ def format_plan(plan: dict) -> str:
             lines.append(f"  time on {card} at {ASSUMED_MFU:.0%} MFU: {minutes:.1f} min")
         for gb, fix in plan["fixes"].get(s["stage"], {}).items():
             lines.append(f"  to fit {gb} GB: {fix}")
-    lines.append(f"\n(text tokens per sample assumed: stage 1 {TEXT_TOKENS[1]}, stage 2 {TEXT_TOKENS[2]}; activations "
+    lines.append(f"\n(text tokens per sample assumed: stage 1 {plan['text_tokens'][1]}, stage 2 {plan['text_tokens'][2]} "
+                 f"(--text-tokens); activations "
                  f"counted on fake tensors at that length; with bf16 they are an estimate (0.55 × fp32))")
     return "\n".join(lines)
