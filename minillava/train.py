@@ -264,7 +264,11 @@ def train_stage(model, dataset: InstructDataset, cfg: Config, stage: int, out_di
     params = set_trainable(model, stage)
     model.lm.train(STAGES[stage]["train_lm"])
     if cfg.gradient_checkpointing and STAGES[stage]["train_lm"]:  # keep only each layer's input (minillava plan)
-        model.lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable = getattr(model.lm, "activation_checkpointing_enable", None)  # transformers 5; 4.x: gradient_...
+        if enable is not None:
+            enable({"use_reentrant": False})
+        else:
+            model.lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     optimizer = make_optimizer(params, lr, cfg.weight_decay, device)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_warmup(steps, cfg.warmup_ratio))
     undo_compile = compile_decoder(model.lm.get_decoder()) if cfg.compile else (lambda: None)

@@ -220,6 +220,20 @@ def test_qwen_stage2_lora_merges_into_a_tied_lm(standins, coco, tmp_path):
               "How many cars are there?", "--max-new-tokens", 5)
     assert out.count("\n") == 1 and "<|im_end|>" not in out  # one answer line, stop token not printed
 
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    from minillava.conversation import get_template, prompt_ids
+    cli("export", "--model", tmp_path / "stage2", "--out", tmp_path / "hf")  # merged LoRA, tied head, no BOS
+    llava = LlavaForConditionalGeneration.from_pretrained(tmp_path / "hf")
+    processor = AutoProcessor.from_pretrained(tmp_path / "hf")
+    assert llava.lm_head.weight is llava.model.language_model.embed_tokens.weight
+    text = processor.apply_chat_template([{"role": "user", "content": [{"type": "image"},
+                                                                       {"type": "text", "text": "Hi?"}]}],
+                                         add_generation_prompt=True)
+    ids = processor(images=Image.open(coco / "images" / f"{TINY:012d}.jpg"), text=text)["input_ids"][0]
+    assert list(ids) == prompt_ids("<image>\nHi?", model.tokenizer, get_template("chat", model.tokenizer),
+                                   image_tokens=196).tolist()
+
 
 def test_eval_and_chat_run_on_the_stage2_model(smol_run, coco, tmp_path):
     cli("data", "bench", "--coco", coco, "--split", "val2017", "--out", tmp_path / "bench", "--images", 4)
