@@ -59,17 +59,22 @@ def measured_peak(model, optimizer, batch: dict) -> int:
     return before + peak
 
 
-@pytest.mark.parametrize("stage,batch,seq_len", [(1, 8, 300), (2, 4, 250)])
-def test_plan_peak_memory_is_within_25_percent_of_the_measured_cpu_peak(standins, stage, batch, seq_len):
+@pytest.mark.parametrize("stage,batch,seq_len,checkpointing", [(1, 8, 300, False), (2, 4, 250, False),
+                                                               (2, 8, 300, True)])
+def test_plan_peak_memory_is_within_25_percent_of_the_measured_cpu_peak(standins, stage, batch, seq_len,
+                                                                        checkpointing):
     from minillava.model.build import build_model
-    from minillava.train import make_optimizer, set_trainable
+    from minillava.train import enable_checkpointing, make_optimizer, set_trainable
 
     vision, lm = standins
-    cfg = load_config("small", [f"vision_name={vision}", f"lm_name={lm}", "device=cpu", f"stage{stage}_batch={batch}"])
+    cfg = load_config("small", [f"vision_name={vision}", f"lm_name={lm}", "device=cpu", f"stage{stage}_batch={batch}",
+                                f"gradient_checkpointing={checkpointing}"])
     torch.manual_seed(0)
     model, _ = build_model(cfg)
     optimizer = make_optimizer(set_trainable(model, stage), 1e-4, 0.0, "cpu")
     model.lm.train(stage == 2)
+    if checkpointing:  # as train_stage does it
+        enable_checkpointing(model.lm)
     answer = 20
     ids = torch.randint(0, 400, (batch, seq_len))
     ids[:, :model.num_image_tokens] = model.image_token_id  # 196 image tokens first, as tokenize_conversation puts them
@@ -81,7 +86,7 @@ def test_plan_peak_memory_is_within_25_percent_of_the_measured_cpu_peak(standins
     vision_config, lm_config, _ = backbone_configs(cfg)
     planned = stage_plan(cfg, stage, fake_models(cfg, vision_config, lm_config), seq_len=seq_len, answer_tokens=answer)
     estimate = planned["memory"]["peak"]
-    print(f"stage {stage} batch {batch} × {seq_len} tokens: measured {measured / 2**20:.1f} MiB, "
+    print(f"stage {stage} batch {batch} × {seq_len} tokens{' checkpointed' if checkpointing else ''}: measured {measured / 2**20:.1f} MiB, "
           f"plan {estimate / 2**20:.1f} MiB ({estimate / measured - 1:+.0%})")
     assert abs(estimate / measured - 1) <= 0.25
     assert planned["params"]["trainable"] == sum(p.numel() for p in model.parameters() if p.requires_grad)
