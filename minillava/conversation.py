@@ -91,8 +91,8 @@ def template_from_chat_template(tokenizer) -> Template:
         raise ValueError(f"template 'chat': {name} has no chat template; use stage2_template=vicuna_v1")
     q1, a1, q2 = "MINILLAVA_Q1", "MINILLAVA_A1", "MINILLAVA_Q2"
 
-    def render(messages, generation_prompt=True) -> str:
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+    def render(messages) -> str:  # always up to the next assistant turn, as a prompt for generation
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     one = render([{"role": "user", "content": q1}])
     two = render([{"role": "user", "content": q1}, {"role": "assistant", "content": a1},
                   {"role": "user", "content": q2}])

@@ -1,7 +1,7 @@
 """§4.2 training: one loop for both stages.
 
     stage 1  feature alignment      trainable: W            frozen: g, f_φ     template: plain
-    stage 2  end-to-end tuning      trainable: W and f_φ    frozen: g          template: vicuna_v1
+    stage 2  end-to-end tuning      trainable: W and f_φ    frozen: g          template: vicuna_v1 or the LM's chat
 
 Recipe: AdamW, cosine schedule with warmup, gradient accumulation and clipping, bf16 autocast on CUDA.
 Every ``save_every`` steps a checkpoint (safetensors + JSON) holds the trainable weights, the optimiser, the
