@@ -36,6 +36,11 @@ TEXT_TOKENS = {1: 24, 2: 256}   # mean text tokens per sample: a COCO caption + 
 ANSWER_SHARE = {1: 0.8, 2: 0.5}  # of those, the tokens that carry loss
 
 
+def plan_bf16(cfg) -> bool:
+    """bf16 autocast is the trainer's on CUDA only; ``device=auto`` is planned as a GPU run."""
+    return cfg.bf16 and cfg.device != "cpu"
+
+
 def backbone_configs(cfg) -> tuple[object, object, str]:
     """(vision config, LM config, where they came from) for ``cfg.vision_name`` / ``cfg.lm_name``."""
     from transformers import AutoConfig, CLIPVisionConfig
@@ -134,7 +139,7 @@ def stage_plan(cfg, stage: int, models, seq_len: int | None = None, answer_token
     lora = stage == 2 and cfg.lora_r > 0
     train_lm = stage == 2 and not lora
     trainable = p_proj + (p_lm if train_lm else lora_params(lm, cfg) if lora else 0)
-    bf16 = cfg.bf16 and cfg.device != "cpu"  # autocast on CUDA only (train.py)
+    bf16 = plan_bf16(cfg)
     act = count_activations(mode, lm, projector, micro, seq_len, n_image, answer_tokens, train_lm or lora,
                             vision.config.hidden_size)
     if bf16:
@@ -177,28 +182,34 @@ def make_plan(cfg, text_tokens: dict[int, int] | None = None) -> dict:
     fixes = {}
     for plan in stages:
         s = plan["stage"]
-        options = [("bf16=true", dict(bf16=True, device="cuda"))] if not (cfg.bf16 and cfg.device != "cpu") else []
+        levers = [("bf16=true", dict(bf16=True, device="cuda"))] if not plan_bf16(cfg) else []
         if s == 2:
-            options += [("gradient_checkpointing=true", dict(gradient_checkpointing=True)),
-                        ("lora_r=64 lora_alpha=128 stage2_lr=2e-4", dict(lora_r=64, lora_alpha=128.0))]
+            levers += [("gradient_checkpointing=true", dict(gradient_checkpointing=True)),
+                       ("lora_r=64 lora_alpha=128 stage2_lr=2e-4", dict(lora_r=64, lora_alpha=128.0))]
         batch = getattr(cfg, f"stage{s}_batch")
-        options += [(f"grad_accum={k} (micro-batch {batch // k}, same stage{s}_batch)", dict(grad_accum=k))
-                    for k in (2, 4, 8, 16) if batch % k == 0 and batch // k >= 1]
+        accum = [(f"grad_accum={k} (micro-batch {batch // k}, same stage{s}_batch)", dict(grad_accum=k))
+                 for k in (2, 4, 8, 16, 32) if batch % k == 0]
+        # one change at a time first (cheapest first), then the levers together, then with a smaller micro-batch
+        candidates = [[one] for one in levers + accum] + [levers[:i] for i in range(2, len(levers) + 1)] + \
+            [levers[:i] + [a] for i in range(1, len(levers) + 1) for a in accum]
+        peaks: dict[str, int] = {}
         for gb in CARDS_GB:
             if plan["fits"][gb]:
                 continue
-            for label, change in options:
-                try:
-                    changed = dataclasses.replace(cfg, **change).validate()
-                except ConfigError:
-                    continue
-                if stage_plan(changed, s, models, text_tokens=text_tokens[s])["fits"][gb]:
-                    fixes.setdefault(s, {})[gb] = label
+            fixes.setdefault(s, {})[gb] = "none of bf16, checkpointing, LoRA, a smaller micro-batch: a bigger card"
+            for combo in candidates:
+                label = " ".join(name for name, _ in combo)
+                if label not in peaks:
+                    try:
+                        changed = dataclasses.replace(cfg, **{k: v for _, c in combo for k, v in c.items()}).validate()
+                    except ConfigError:
+                        continue
+                    peaks[label] = stage_plan(changed, s, models, text_tokens=text_tokens[s])["memory"]["peak"]
+                if peaks[label] / GIB + CONTEXT_GIB <= gb:
+                    fixes[s][gb] = label
                     break
-            else:
-                fixes.setdefault(s, {})[gb] = "none of bf16, checkpointing, LoRA, grad_accum fits; a bigger card"
     return {"preset": cfg.preset, "vision": cfg.vision_name, "lm": cfg.lm_name, "configs": source,
-            "bf16": cfg.bf16 and cfg.device != "cpu", "text_tokens": text_tokens, "stages": stages, "fixes": fixes}
+            "bf16": plan_bf16(cfg), "text_tokens": text_tokens, "stages": stages, "fixes": fixes}
 
 
 def _gib(n: float) -> str:
