@@ -240,6 +240,18 @@ def _cache_features(args: argparse.Namespace) -> None:
           f"train with feature_cache_dir={args.out}")
 
 
+def _plan(args: argparse.Namespace) -> None:
+    from .config import load_config
+    from .plan import format_plan, make_plan
+
+    try:
+        stage1, stage2 = (int(n) for n in args.text_tokens.split(","))
+    except ValueError:
+        raise ValueError(f"--text-tokens: expected two integers S1,S2, got {args.text_tokens!r}") from None
+    plan = make_plan(load_config(args.preset, args.overrides, args.config), text_tokens={1: stage1, 2: stage2})
+    print(json.dumps(plan, indent=1, default=str) if args.json else format_plan(plan))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="minillava", description="An annotated, runnable LLaVA (Visual Instruction Tuning, NeurIPS 2023).",
@@ -294,6 +306,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, help="a YAML or JSON file of config fields")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config fields, e.g. stage2_lr=1e-4")
     p.set_defaults(func=_train)
+
+    p = commands.add_parser("plan", help="parameters, tokens, FLOPs and peak memory per stage; which GPUs fit",
+                            epilog="example: minillava plan --preset small stage2_batch=32   (no download: configs "
+                                   "of the preset's backbones are built in; a local directory is read)")
+    p.add_argument("--preset", default="small", help="tiny | small | paper")
+    p.add_argument("--config", type=Path, help="a YAML or JSON file of config fields")
+    p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    p.add_argument("--text-tokens", default="24,256", help="mean text tokens per sample in stage 1,2 (caption; "
+                   "dialogue, with the template): about 1.3 × the words per sample that `minillava data stats` counts")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config fields, e.g. lora_r=64 grad_accum=2")
+    p.set_defaults(func=_plan)
 
     p = commands.add_parser("quickstart", help="the main job: data → stage 1 → stage 2 → eval → figures",
                             epilog="example: minillava quickstart --out runs/quickstart")

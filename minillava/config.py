@@ -69,6 +69,7 @@ class Config:
     bf16: bool = True                    # autocast on CUDA only; CPU runs in fp32
     pack_sequences: bool = False         # padding-free rows of up to max_length tokens (position ids restart)
     compile: bool = False                # torch.compile the LM decoder (off: CPU compile is slow to start)
+    gradient_checkpointing: bool = False  # stage 2: recompute each LM layer in the backward (less memory, more time)
     log_every: int = 25
     eval_every: int = 200                # held-out loss every N steps (0 = never)
     save_every: int = 250
@@ -76,7 +77,7 @@ class Config:
     device: str = "auto"
 
     def validate(self) -> "Config":
-        from .conversation import TEMPLATES
+        from .conversation import TEMPLATE_NAMES as TEMPLATES
         from .model.projector import PROJECTORS
         for f in fields(self):  # "nan" and "inf" parse as floats; no field means them
             if isinstance(getattr(self, f.name), float) and not math.isfinite(getattr(self, f.name)):
@@ -117,7 +118,8 @@ PRESETS: dict[str, dict] = {
     "small": dict(preset="small", data_source="coco", data_dir="data/coco", data_split="val2017", data_images=5000, image_size=224,
                   vision_name="openai/clip-vit-base-patch16", lm_name="HuggingFaceTB/SmolLM2-135M-Instruct",
                   stage1_steps=1000, stage1_batch=32, stage1_lr=1e-3, stage2_steps=3000, stage2_batch=16,
-                  stage2_lr=2e-5, max_length=1024, log_every=10, save_every=500),
+                  stage2_lr=2e-5, max_length=1024, log_every=10, save_every=500,
+                  stage2_template="chat"),  # an instruct LM is tuned in its own chat format (ChatML here)
     "paper": dict(preset="paper", data_source="coco", data_dir="data/coco", data_split="train2017", data_images=118_287, image_size=224,
                   vision_name="openai/clip-vit-large-patch14", lm_name="lmsys/vicuna-7b-v1.5", projector="linear",
                   stage1_steps=4650, stage1_batch=128, stage1_lr=2e-3, stage2_steps=14_800, stage2_batch=32,

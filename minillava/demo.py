@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from .conversation import IMAGE_TOKEN, get_template, prompt_ids
+from .conversation import IMAGE_TOKEN, get_template, prompt_ids, stop_token_ids
 
 GRADIO_MISSING = "the web demo needs gradio: pip install 'minillava[demo]'"
 
@@ -46,12 +46,13 @@ def stream_answer(model, pixel_values: torch.Tensor, question: str, *, history: 
     else:
         question = f"{IMAGE_TOKEN}\n{question}"
     device = next(model.lm.parameters()).device
-    ids = prompt_ids(question, model.tokenizer, get_template(template), image_tokens=model.num_image_tokens,
+    tmpl = get_template(template, model.tokenizer)
+    ids = prompt_ids(question, model.tokenizer, tmpl, image_tokens=model.num_image_tokens,
                      history=turns)[None].to(device)                      # (1, T), N <image> ids inside
     embeds = model.embed(ids, model.image_features(pixel_values.to(device, model.vision.dtype)))  # (1, T, D)
     streamer = TextIteratorStreamer(model.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=300)
     kwargs = dict(inputs_embeds=embeds, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                  do_sample=False, eos_token_id=model.tokenizer.eos_token_id,
+                  do_sample=False, eos_token_id=stop_token_ids(tmpl, model.tokenizer),
                   pad_token_id=model.tokenizer.pad_token_id, streamer=streamer)
     worker = threading.Thread(target=model.lm.generate, kwargs=kwargs, daemon=True)
     worker.start()

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from .conversation import get_template, prompt_ids
+from .conversation import get_template, prompt_ids, stop_token_ids
 from .data.dataset import load_image
 
 
@@ -26,7 +26,7 @@ def answer_batch(model, questions: list[str], *, image_features: torch.Tensor | 
                  do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
                  history: list[list[tuple[str, str]]] | None = None) -> list[str]:
     """One answer per (image, question); the image placeholder is put first, as in training."""
-    tmpl = get_template(template)
+    tmpl = get_template(template, model.tokenizer)
     device = next(model.lm.parameters()).device
     prompts = []
     for i, question in enumerate(questions):
@@ -43,7 +43,8 @@ def answer_batch(model, questions: list[str], *, image_features: torch.Tensor | 
     if image_features is not None:
         image_features = image_features.to(device)
     out = model.generate(ids.to(device), mask.to(device), pixel_values=pixel_values, image_features=image_features,
-                         max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature, top_p=top_p)
+                         max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature, top_p=top_p,
+                         eos_token_id=stop_token_ids(tmpl, model.tokenizer))
     return [model.tokenizer.decode(seq, skip_special_tokens=True).strip() for seq in out]
 
 

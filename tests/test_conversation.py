@@ -73,3 +73,60 @@ def test_render_loss_mask_brackets_answer_tokens(random_model):
 def test_unknown_template():
     with pytest.raises(ValueError, match="unknown template 'chatml'"):
         get_template("chatml")
+
+
+# --- the LM's own chat format (template "chat"), read off a tokenizer's chat template -----------------------
+
+def chatml(style: str, **changes):
+    from minillava.model.known import chatml_tokenizer
+    tok = chatml_tokenizer(style, ["What color is the circle? The circle is red. How many shapes are there?"] * 4,
+                           vocab_size=300)
+    tok.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    for key, value in changes.items():
+        setattr(tok, key, value)
+    return tok
+
+
+@pytest.mark.parametrize("style", ["smollm2", "qwen2"])
+def test_chat_template_gives_the_lms_own_prompt_and_masks_all_but_answers(style):
+    tok = chatml(style)
+    tmpl = get_template("chat", tok)
+    sample = make_sample("c1", "x.png", [("What color is the circle?", "The circle is red."),
+                                         ("How many shapes are there?", "Two.")], "conv")
+    item = tokenize_conversation(sample, tok, tmpl, image_tokens=4)
+    messages = [{"role": "user", "content": "<image>\nWhat color is the circle?"},
+                {"role": "assistant", "content": "The circle is red."},
+                {"role": "user", "content": "How many shapes are there?"}]
+    ours = tok.decode([t for t in item["input_ids"].tolist() if t != tok.convert_tokens_to_ids("<image>")])
+    theirs = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    assert ours.startswith(theirs.replace("<image>", ""))  # the same text the LM was instruction-tuned on
+    answers = tok.decode(item["input_ids"][item["labels"] != IGNORE_INDEX])
+    assert answers == "The circle is red.<|im_end|>Two.<|im_end|>"
+    assert tmpl.bos is False and item["input_ids"][0] == tok.convert_tokens_to_ids("<|im_start|>")
+    prompt = prompt_ids("<image>\nWhat color is the circle?", tok, tmpl, image_tokens=4)
+    assert item["input_ids"][:len(prompt)].tolist() == prompt.tolist()
+
+
+def test_chat_template_stops_on_im_end_when_eos_is_endoftext():
+    """A base Qwen tokenizer's EOS is <|endoftext|>, but its chat template closes turns with <|im_end|>."""
+    from minillava.conversation import stop_token_ids
+
+    tok = chatml("qwen2", eos_token="<|endoftext|>")
+    tmpl = get_template("chat", tok)
+    assert tmpl.turn_end == "<|im_end|>"
+    assert stop_token_ids(tmpl, tok) == [tok.convert_tokens_to_ids("<|endoftext|>"), tok.convert_tokens_to_ids("<|im_end|>")]
+
+
+def test_chat_template_refuses_what_it_cannot_express():
+    no_template = chatml("smollm2")
+    no_template.chat_template = None
+    with pytest.raises(ValueError, match="has no chat template; use stage2_template=vicuna_v1"):
+        get_template("chat", no_template)
+    rewriting = chatml("smollm2")  # earlier assistant turns are dropped, as reasoning LMs' templates do
+    rewriting.chat_template = ("{% for m in messages %}{% if m['role'] == 'user' or loop.last %}<|im_start|>"
+                               "{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endif %}{% endfor %}"
+                               "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    with pytest.raises(ValueError, match="template 'chat'"):
+        get_template("chat", rewriting)
+    with pytest.raises(ValueError, match="needs the LM's tokenizer"):
+        get_template("chat")

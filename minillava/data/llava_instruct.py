@@ -63,7 +63,7 @@ def filter_llava_instruct(samples: list, file_names: set[str], *, source: str = 
     """
     from ..conversation import TokenizationMismatch, get_template, tokenize_conversation
 
-    tmpl = get_template(template) if tokenizer is not None else None
+    tmpl = get_template(template, tokenizer) if tokenizer is not None else None
     dropped: Counter = Counter()
     examples: dict[str, list[str]] = {}
     kept, seen, moved = [], set(), 0

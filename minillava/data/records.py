@@ -145,7 +145,9 @@ def load_split(root: str | Path, split: str, *, skip_bad: bool = False,
             bad(f"{inst_path}: annotations[{i}] (id={ann.get('id')}) field 'bbox' is not [x, y, w, h]: {bbox}")
             bad_images.add(image_id)
             continue
-        attrs = ann.get("attributes") or {}
+        attrs = dict(ann.get("attributes") or {})
+        if ann.get("iscrowd"):  # one box around many instances (a crowd, a pile of bananas): not countable
+            attrs["crowd"] = True
         objects[image_id].append(ObjectRecord(categories[cat], tuple(float(v) for v in bbox), dict(attrs)))
 
     captions: dict[int, list[str]] = {k: [] for k in images}

@@ -24,7 +24,7 @@ from .llava_json import make_sample
 from .prompts import DETAIL_PROMPTS
 from .records import ImageRecord, ObjectRecord
 from .shapes import COLORS, POSITIONS, SHAPES
-from .words import a, join_words, number, plural
+from .words import a, count_phrase, join_words, number, plural
 
 def there_are(noun: str, n: int) -> str:
     """'There is one circle.' / 'There are two circles.' / 'There are no circles.'"""
@@ -69,6 +69,11 @@ def relation(a_obj: ObjectRecord, b_obj: ObjectRecord, record: ImageRecord) -> s
     return f"{vertical} and {horizontal}" if vertical and horizontal else vertical or horizontal or "next to"
 
 
+def crowded(record: ImageRecord) -> set[str]:
+    """Categories with a COCO crowd box (``iscrowd``: one box around many instances): never counted."""
+    return {o.category for o in record.objects if o.attributes.get("crowd")}
+
+
 def _unique(record: ImageRecord, key) -> list[ObjectRecord]:
     counts = Counter(key(o) for o in record.objects)
     return [o for o in record.objects if counts[key(o)] == 1]
@@ -80,14 +85,17 @@ def scene_questions(record: ImageRecord, rng: random.Random) -> list[QA]:
     objs = record.objects
     categories = Counter(o.category for o in objs)
     has_attrs = bool(objs) and all(o.color for o in objs)
-    vocabulary = list(SHAPES) if has_attrs else sorted(categories)
+    crowds = crowded(record)
+    vocabulary = list(SHAPES) if has_attrs else sorted(set(categories) - crowds)
 
     # counts, of everything and of one category (possibly zero, which is still a definite answer)
-    qas.append(QA("How many objects are there in the image?" if not has_attrs else "How many shapes are there?",
-                  there_are("object" if not has_attrs else "shape", len(objs)), "count", number(len(objs))))
-    asked = rng.choice(vocabulary)
-    qas.append(QA(f"How many {plural(asked)} are there?", there_are(asked, categories[asked]), "count",
-                  number(categories[asked])))
+    if not crowds:
+        qas.append(QA("How many objects are there in the image?" if not has_attrs else "How many shapes are there?",
+                      there_are("object" if not has_attrs else "shape", len(objs)), "count", number(len(objs))))
+    if vocabulary:  # a COCO image with captions but no boxes (real COCO has them) names no category to ask about
+        asked = rng.choice(vocabulary)
+        qas.append(QA(f"How many {plural(asked)} are there?", there_are(asked, categories[asked]), "count",
+                      number(categories[asked])))
 
     # position of a uniquely named object, and the object at a position
     for obj in _unique(record, name):
@@ -124,9 +132,9 @@ def scene_questions(record: ImageRecord, rng: random.Random) -> list[QA]:
         qas.append(QA(f"Is there {a(missing)} in the image?", f"No, there is no {missing}.", "exists", "no"))
     else:
         for category in categories:
+            n = "many" if category in crowds else number(categories[category])
             qas.append(QA(f"Is there {a(category)} in the image?",
-                          f"Yes, there {'is' if categories[category] == 1 else 'are'} "
-                          f"{number(categories[category])} {plural(category, categories[category])}.",
+                          f"Yes, there {'is' if n == 'one' else 'are'} {n} {plural(category, 1 if n == 'one' else 2)}.",
                           "exists", "yes"))
 
     # relative position of two uniquely named objects
@@ -147,11 +155,14 @@ def describe_scene(record: ImageRecord) -> str:
         counts = Counter(o.category for o in objs)
         text = record.captions[0].rstrip(".") + "."
         if counts:
-            listed = join_words([f"{number(n)} {plural(c, n)}" for c, n in counts.items()])
+            crowds = crowded(record)
+            listed = join_words([f"{'many' if c in crowds else number(n)} {plural(c, 2 if c in crowds else n)}"
+                                 for c, n in counts.items()])
             text += f" In total I can see {listed}."
             for category in counts:
                 places = sorted({position(o, record) for o in objs if o.category == category})
-                text += f" The {plural(category, counts[category])} {'is' if counts[category] == 1 else 'are'} " \
+                one = counts[category] == 1 and category not in crowds
+                text += f" The {plural(category, 1 if one else 2)} {'is' if one else 'are'} " \
                         f"at the {join_words(places)}."
         return text
     ordered = sorted(objs, key=lambda o: POSITIONS.index(position(o, record)))
@@ -170,17 +181,29 @@ def reasoning_question(record: ImageRecord, rng: random.Random) -> QA:
     objs = record.objects
     n = len(objs)
     has_attrs = bool(objs) and all(o.color for o in objs)
-    listed = join_words([a(describe(o)) for o in objs]) if objs else "nothing"
-    options = ["remove", "add"] + (["compare", "repaint"] if has_attrs else [])
+    if has_attrs or not objs:
+        listed = join_words([a(describe(o)) for o in objs]) if objs else "nothing"
+    else:  # COCO: dozens of boxes read as counts per category ("ten people and two cars"), not one by one
+        per_category = Counter(o.category for o in objs)
+        listed = join_words([count_phrase(c, k, one="a") for c, k in per_category.items()])
+    crowds = crowded(record)
+    options = (["add"] if crowds else ["remove", "add"]) + (["compare", "repaint"] if has_attrs else [])
     kind = rng.choice(options) if objs else "add"
     if kind == "remove":
         gone = rng.choice(objs)
         left = n - 1
-        return QA(f"If the {name(gone)} were taken away, how many objects would be left?",
-                  f"The image has {number(n)} {plural('object', n)}: {listed}. Taking away the {name(gone)} "
+        # COCO: "the car" names nothing when there are ten (the embedded scenes keep their wording)
+        several = not has_attrs and sum(name(o) == name(gone) for o in objs) > 1
+        the = f"one of the {plural(name(gone))}" if several else f"the {name(gone)}"
+        return QA(f"If {the} were taken away, how many objects would be left?",
+                  f"The image has {number(n)} {plural('object', n)}: {listed}. Taking away {the} "
                   f"leaves {number(left)} {plural('object', left)}.", "reasoning", number(left))
     if kind == "add":
-        category = rng.choice(list(SHAPES) if has_attrs or not objs else [o.category for o in objs])
+        countable = [o.category for o in objs if o.category not in crowds] or \
+            [next(c for c in ("dog", "cat") if c not in crowds)]  # only crowds: ask about an absent category
+        if not objs:  # a COCO image without boxes (every scene has shapes): none of COCO's categories is boxed
+            countable = ["person"]
+        category = rng.choice(list(SHAPES) if has_attrs else countable)
         k = sum(o.category == category for o in objs)
         return QA(f"If one more {category} were added, how many {plural(category)} would there be?",
                   f"Right now there {'is' if k == 1 else 'are'} {number(k)} {plural(category, k)}. "

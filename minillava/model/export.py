@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from ..conversation import IMAGE_TOKEN, Template, for_tokenizer, get_template
+from ..conversation import CHAT, IMAGE_TOKEN, Template, for_tokenizer, get_template, stop_token_ids
 from .llava import MiniLlava
 
 
@@ -114,16 +114,22 @@ def chat_template(template: Template | str, tokenizer) -> str | None:
 
     Messages are HF-style: ``{"role": "user"|"assistant"|"system", "content": str | [{"type": "image"},
     {"type": "text", "text": ...}]}``. Images in a user turn render as ``<image>\\n`` before its text, as
-    ``inference.answer_batch`` puts them; a system message replaces the template's system prompt.
+    ``inference.answer_batch`` puts them; a system message replaces the template's system prompt (with ``chat``,
+    the LM's own format, the system block is the one its chat template writes, and a system message is refused).
     """
-    tmpl = get_template(template) if isinstance(template, str) else template
+    tmpl = get_template(template, tokenizer) if isinstance(template, str) else template
     if not tmpl.keep_question:
         return None
     tmpl = for_tokenizer(tmpl, tokenizer)
     lit = json.dumps  # JSON string literals are valid Jinja string literals
     system_sep = tmpl.system[len(tmpl.system.rstrip()):]  # " " (vicuna_v1) or "\n" (v0)
-    return (
-        "{%- set system = " + lit(tmpl.system.rstrip()) + " -%}"
+    system = "{%- set system = " + lit(tmpl.system.rstrip()) + " -%}"
+    if tmpl.name == CHAT:  # the system block is already wrapped in the LM's own markup: no other system prompt
+        system_sep = ""
+        system = ("{%- set system = " + lit(tmpl.system) + " -%}{%- if messages and messages[0]['role'] == 'system' "
+                  "-%}{{- raise_exception('the LM chat format keeps its own system prompt') -}}{%- endif -%}")
+    answer_lead = " " if tmpl.answer_space else ""
+    return system + (
         "{%- if messages and messages[0]['role'] == 'system' -%}"
         "{%- if messages[0]['content'] is string -%}{%- set system = messages[0]['content'] -%}"
         "{%- else -%}{%- set system = messages[0]['content'] | selectattr('type', 'equalto', 'text') "
@@ -138,21 +144,24 @@ def chat_template(template: Template | str, tokenizer) -> str | None:
         "{%- set images = message['content'] | selectattr('type', 'equalto', 'image') | list | length -%}"
         "{%- endif -%}"
         "{%- if message['role'] == 'user' -%}"
+        "{%- if not loop.first -%}{{- " + lit(tmpl.turn_sep) + " -}}{%- endif -%}"
         "{{- " + lit(tmpl.user_prefix) + " + " + lit(IMAGE_TOKEN + "\n") + " * images + text -}}"
         "{%- elif message['role'] == 'assistant' -%}"
-        "{{- " + lit(tmpl.assistant_prefix) + " + ' ' + (text | trim) + " + lit(tmpl.turn_end) + " -}}"
+        "{{- " + lit(tmpl.assistant_prefix) + " + " + lit(answer_lead) + " + (text | trim) + " + lit(tmpl.turn_end) + " -}}"
         "{%- endif -%}"
         "{%- endfor -%}"
         "{%- if add_generation_prompt -%}{{- " + lit(tmpl.assistant_prefix) + " -}}{%- endif -%}"
     )
 
 
-def hf_tokenizer(tokenizer):
-    """A copy of ``tokenizer`` that prepends BOS by itself, as ``conversation.prompt_ids`` does, and pads left."""
+def hf_tokenizer(tokenizer, add_bos: bool = True):
+    """A copy of ``tokenizer`` that prepends BOS by itself where ``conversation.prompt_ids`` does, and pads left.
+
+    ``add_bos=False`` for the ``chat`` template: the LM's chat template writes its own start, as in training."""
     tok = copy.deepcopy(tokenizer)
     # prompts end where generation starts; transformers 5 saves only attributes named in init_kwargs
     tok.padding_side = tok.init_kwargs["padding_side"] = "left"
-    if tok.bos_token_id is not None:
+    if add_bos and tok.bos_token_id is not None:
         ids = tok("a")["input_ids"]
         if not ids or ids[0] != tok.bos_token_id:
             # transformers 5: rebuilds the backend post-processor, which tokenizer.json keeps (add_bos_token
@@ -165,12 +174,13 @@ def llava_processor(model: MiniLlava, image_processor, template: str | None = "v
     """A ``LlavaProcessor`` whose text expansion gives exactly ``model.num_image_tokens`` per ``<image>``."""
     from transformers import LlavaProcessor
 
-    tok = hf_tokenizer(model.tokenizer)
+    tmpl = get_template(template, model.tokenizer) if template else None
+    tok = hf_tokenizer(model.tokenizer, add_bos=tmpl.bos if tmpl else True)
     proc = LlavaProcessor(
         image_processor=image_processor, tokenizer=tok, patch_size=model.vision.config.patch_size,
         vision_feature_select_strategy="full" if model.keep_cls else "default",
         num_additional_image_tokens=1,  # CLIP's CLS; "default" removes it again
-        chat_template=chat_template(template, tok) if template else None, image_token=IMAGE_TOKEN)
+        chat_template=chat_template(tmpl, tok) if tmpl else None, image_token=IMAGE_TOKEN)
     return proc
 
 
@@ -187,7 +197,9 @@ def export_model(model_dir: str | Path, out_dir: str | Path, template: str | Non
     llava, _ = to_hf_llava(model)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    llava.save_pretrained(out_dir)  # transformers 5: always safetensors
     template = template or getattr(cfg, "stage2_template", "vicuna_v1")
+    if template != "plain":  # stop where the template ends an answer (ChatML: <|im_end|>), not only at EOS
+        llava.generation_config.eos_token_id = stop_token_ids(get_template(template, model.tokenizer), model.tokenizer)
+    llava.save_pretrained(out_dir)  # transformers 5: always safetensors; a tied head is written once
     llava_processor(model, image_processor, template).save_pretrained(out_dir)
     return out_dir

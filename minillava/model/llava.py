@@ -98,24 +98,35 @@ class MiniLlava(nn.Module):
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                  pixel_values: torch.Tensor | None = None, image_features: torch.Tensor | None = None,
                  max_new_tokens: int = 64, do_sample: bool = False, temperature: float = 1.0,
-                 top_p: float = 1.0) -> torch.Tensor:
-        """New token ids (B, ≤ max_new_tokens); prompts are left-padded. KV cache and sampling from transformers."""
+                 top_p: float = 1.0, eos_token_id: int | list[int] | None = None) -> torch.Tensor:
+        """New token ids (B, ≤ max_new_tokens); prompts are left-padded. KV cache and sampling from transformers.
+
+        ``eos_token_id``: the stop token(s), by default the tokenizer's EOS (``conversation.stop_token_ids``
+        adds the template's own turn end, e.g. ChatML's ``<|im_end|>`` where EOS is ``<|endoftext|>``)."""
         if image_features is None and pixel_values is not None:
             image_features = self.image_features(pixel_values)
         embeds = self.embed(input_ids, image_features)
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         kwargs = dict(do_sample=do_sample, temperature=temperature, top_p=top_p) if do_sample else dict(do_sample=False)
+        if eos_token_id is None:
+            eos_token_id = self.tokenizer.eos_token_id
         return self.lm.generate(inputs_embeds=embeds, attention_mask=attention_mask, max_new_tokens=max_new_tokens,
-                                eos_token_id=self.tokenizer.eos_token_id, pad_token_id=self.tokenizer.pad_token_id,
+                                eos_token_id=eos_token_id, pad_token_id=self.tokenizer.pad_token_id,
                                 **kwargs)
 
     # --- checkpoints: the trainable parts as safetensors, the recipe as JSON --------------------------------
     def trainable_state(self, include_lm: bool = True) -> dict[str, torch.Tensor]:
+        """W (and f_φ), each tensor once: a tied LM head (SmolLM2, Qwen2.5) is the embedding table itself."""
         state = {f"projector.{k}": v for k, v in self.projector.state_dict().items()}
         if include_lm:
             state.update({f"lm.{k}": v for k, v in self.lm.state_dict().items()})
-        return state
+        return drop_shared(state)
+
+    def lm_is_tied(self) -> bool:
+        """True when the LM's output head and input embeddings are one tensor (``tie_word_embeddings``)."""
+        head = self.lm.get_output_embeddings()
+        return head is not None and head.weight is self.lm.get_input_embeddings().weight
 
     def load_trainable_state(self, state: dict[str, torch.Tensor]) -> None:
         proj = {k[len("projector."):]: v for k, v in state.items() if k.startswith("projector.")}
@@ -123,15 +134,28 @@ class MiniLlava(nn.Module):
         self.projector.load_state_dict(proj)
         if lm:
             missing, unexpected = self.lm.load_state_dict(lm, strict=False)
-            real_missing = [k for k in missing if "lm_head" not in k or not self.lm.config.tie_word_embeddings]
+            # a tied head is saved once, as the embeddings; loading those fills the head too (same tensor)
+            real_missing = [k for k in missing if not (k.startswith("lm_head.") and self.lm_is_tied())]
             if real_missing or unexpected:
                 raise ValueError(f"LM weights do not match the model: missing {real_missing[:3]}, "
                                  f"unexpected {unexpected[:3]}")
 
 
+def drop_shared(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Keep the first of every group of entries that are one tensor (tied weights), which safetensors refuses to
+    write twice: ``lm.model.embed_tokens.weight`` stays, ``lm.lm_head.weight`` goes, and loading re-ties it."""
+    seen, kept = set(), {}
+    for key, tensor in state.items():
+        where = (tensor.device, tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
+        if where not in seen:
+            seen.add(where)
+            kept[key] = tensor
+    return kept
+
+
 def save_weights(path: str | Path, state: dict[str, torch.Tensor], meta: dict | None = None) -> None:
-    """safetensors with string metadata; contiguous clones so shared storage (tied weights) is allowed."""
-    save_file({k: v.detach().contiguous().clone() for k, v in state.items()}, str(path),
+    """safetensors with string metadata; a tensor shared by two names (tied weights) is written once."""
+    save_file({k: v.detach().contiguous() for k, v in drop_shared(state).items()}, str(path),
               metadata={k: json.dumps(v) for k, v in (meta or {}).items()})
 
 

@@ -13,7 +13,7 @@ import contextlib
 
 import torch
 
-from ..conversation import get_template, prompt_ids
+from ..conversation import get_template, prompt_ids, stop_token_ids
 
 
 @contextlib.contextmanager
@@ -37,10 +37,11 @@ def answer_attention(model, image_features: torch.Tensor, question: str, *, temp
     ``image_features``: Z_v of one image, (N, Dv). Returns ``attn`` (L, H, A, N), the answer token strings,
     and ``all_attn`` (L, H, T, T) for rollout.
     """
-    tmpl = get_template(template)
+    tmpl = get_template(template, model.tokenizer)
     prompt = prompt_ids(f"<image>\n{question}", model.tokenizer, tmpl, image_tokens=model.num_image_tokens)[None]
     z = image_features[None]
-    answer = model.generate(prompt, image_features=z, max_new_tokens=max_new_tokens)[0]
+    answer = model.generate(prompt, image_features=z, max_new_tokens=max_new_tokens,
+                            eos_token_id=stop_token_ids(tmpl, model.tokenizer))[0]
     answer = answer[answer != model.tokenizer.pad_token_id]
     ids = torch.cat([prompt[0], answer])[None]  # (1, T)
     with eager_attention(model.lm):

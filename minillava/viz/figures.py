@@ -43,15 +43,25 @@ def object_patch(record, obj) -> int:
     return POSITIONS.index(position(obj, record))
 
 
-def attention_figure(model, processor, data_dir: Path, out: Path, n_scenes: int = 3) -> Path:
+def probe_question(record) -> str:
+    """The question the attention figure asks: an embedded scene's colour at a cell; for COCO (no colours) what
+    stands where its first box is, or what the image shows when it has no boxes."""
+    if not record.objects:
+        return "What is in the image?"
+    obj = record.objects[0]
+    return f"What color is the shape at the {position(obj, record)}?" if obj.color else \
+        f"What is at the {position(obj, record)}?"
+
+
+def attention_figure(model, processor, data_dir: Path, out: Path, n_scenes: int = 3, split: str = "test",
+                     template: str = "vicuna_v1") -> Path:
     """Heatmaps of answer → patch attention (mean, rollout) and the vision tower's CLS attention, per scene."""
-    records = sorted(load_split(data_dir, "test"), key=lambda r: -len(r.objects))[:n_scenes]  # busiest scenes
+    records = sorted(load_split(data_dir, split), key=lambda r: -len(r.objects))[:n_scenes]  # busiest scenes
     fig, axes = plt.subplots(len(records), 3, figsize=(10, 3.2 * len(records)), squeeze=False)
     for row, record in zip(axes, records):
-        obj = record.objects[0]
         pixels = pixels_for(processor, [image_path(data_dir, record)])
         z = model.image_features(pixels)[0]
-        result = answer_attention(model, z, f"What color is the shape at the {position(obj, record)}?")
+        result = answer_attention(model, z, probe_question(record), template=template)
         image = plt.imread(image_path(data_dir, record))
         draw_heatmap(row[0], image, aggregate(result, "mean").mean(0), f"LM, mean over layers/heads\n"
                                                                          f"answer: {result['text']}")
@@ -155,9 +165,9 @@ def nearest_word_figure(model, processor, data_dir: Path, out: Path) -> Path:
     return _save(fig, out / "nearest_words.png")
 
 
-def projector_figure(models: dict, processor, data_dir: Path, out: Path) -> tuple[Path, dict]:
+def projector_figure(models: dict, processor, data_dir: Path, out: Path, split: str = "test") -> tuple[Path, dict]:
     """Modality gap before stage 1 / after stage 1 / after stage 2; PCA map; singular values; norms."""
-    records = load_split(data_dir, "test")[:32]
+    records = load_split(data_dir, split)[:32]
     pixels = pixels_for(processor, [image_path(data_dir, r) for r in records])
     stats = {}
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
@@ -191,6 +201,18 @@ def make_figures(model_dir: str | Path, out_dir: str | Path) -> dict:
     stage1, _, _ = load_model(run_dir / "stage1")
     untrained, _ = build_model(cfg)
     torch.manual_seed(0)
+    if cfg.data_source != "shapes":  # COCO: its own split; no colours, and no one-object-per-patch layout, so the
+        split = "test" if (data_dir / "annotations" / "captions_test.json").is_file() else cfg.data_split
+        paths = [loss_curves(run_dir, out), attention_figure(model, processor, data_dir, out, split=split,
+                                                             template=cfg.stage2_template)]
+        path, gap = projector_figure({"before stage 1": untrained, "after stage 1": stage1, "after stage 2": model},
+                                     processor, data_dir, out, split=split)
+        skipped = "needs the embedded scenes (object colours, one object per patch cell)"
+        measured = {"attention_focus": skipped, "attention_by_head": skipped, "nearest_word_after_stage1": skipped,
+                    "nearest_word_after_stage2": skipped, "modality_gap": gap,
+                    "figures": [str(p) for p in [*paths, path]]}  # grounding measures: shapes only
+        (out / "measured.json").write_text(json.dumps(measured, indent=1))
+        return measured
     paths = [loss_curves(run_dir, out), attention_figure(model, processor, data_dir, out),
              nearest_word_figure(stage1, processor, data_dir, out)]
     path, gap = projector_figure({"before stage 1": untrained, "after stage 1": stage1, "after stage 2": model},
