@@ -4,10 +4,12 @@ The paper trains on p(X_a | X_v, X_instruct) = ∏_i p(x_i | X_v, X_instruct,<i,
 only the assistant's answers (and the stop token after each) carry loss. Everything else — the system
 message, the questions, the image positions — is labelled -100, which torch's cross-entropy ignores.
 
-Templates (PAPER.md):
+Templates:
 - ``plain``     (stage 1): ``<image>`` then the caption then a newline; the question text is dropped.
 - ``vicuna_v1`` (stage 2, LLaVA-1.5): ``{system} USER: <image>\\n{q1} ASSISTANT: {a1}</s>USER: {q2} ...``
-- ``v0``        (original LLaVA): ``{system}\\n### Human: {q1}\\n### Assistant: {a1}\\n### Human: ...``
+- ``v0``        (LLaVA, §4.2 Table 2): ``{system}###Human: {q1}###Assistant: {a1}###Human: ...``, the ``<STOP>``
+                = ``###`` after each answer trained as the stop, as the authors' ``conv_llava_v0`` renders it
+                (``llava/conversation.py``; their v0 training code wrote the same turns as ``### Human: …\\n`` lines)
 - ``chat``      (stage 2 for an instruct LM): the LM's own chat format, read off its tokenizer's chat template
                 (ChatML for SmolLM2 and Qwen2.5: ``<|im_start|>user\\n{q1}<|im_end|>\\n<|im_start|>assistant\\n{a1}<|im_end|>``),
                 so the model is tuned in the format the LM was instruction-tuned in and stops on the LM's own stop token.
@@ -27,6 +29,11 @@ IGNORE_INDEX = -100
 IMAGE_TOKEN = "<image>"
 VICUNA_SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. The assistant gives "
                  "helpful, detailed, and polite answers to the user's questions.")
+
+
+# LLaVA's own (v0) system message says "human" where Vicuna v1.1's says "user" (``conv_llava_v0``)
+V0_SYSTEM = ("A chat between a curious human and an artificial intelligence assistant. The assistant gives "
+             "helpful, detailed, and polite answers to the human's questions.")
 
 
 class TokenizationMismatch(ValueError):
@@ -51,7 +58,7 @@ class Template:
 TEMPLATES = {
     "plain": Template("plain", "", "", "", "\n", keep_question=False),
     "vicuna_v1": Template("vicuna_v1", VICUNA_SYSTEM + " ", "USER: ", " ASSISTANT:", "</s>"),
-    "v0": Template("v0", VICUNA_SYSTEM + "\n", "### Human: ", "\n### Assistant:", "\n"),
+    "v0": Template("v0", V0_SYSTEM + "###", "Human: ", "###Assistant:", "###"),
 }
 CHAT = "chat"  # not a fixed template: derived from the tokenizer by ``template_from_chat_template``
 TEMPLATE_NAMES = (*TEMPLATES, CHAT)

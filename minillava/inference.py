@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from .conversation import get_template, prompt_ids, stop_token_ids
+from .conversation import for_tokenizer, get_template, prompt_ids, stop_token_ids
 from .data.dataset import load_image
 
 
@@ -45,7 +45,14 @@ def answer_batch(model, questions: list[str], *, image_features: torch.Tensor | 
     out = model.generate(ids.to(device), mask.to(device), pixel_values=pixel_values, image_features=image_features,
                          max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature, top_p=top_p,
                          eos_token_id=stop_token_ids(tmpl, model.tokenizer))
-    return [model.tokenizer.decode(seq, skip_special_tokens=True).strip() for seq in out]
+    texts = [model.tokenizer.decode(seq, skip_special_tokens=True) for seq in out]
+    stop = for_tokenizer(tmpl, model.tokenizer).turn_end
+    if stop.strip() and stop not in model.tokenizer.all_special_tokens:
+        # a stop written as text (v0's "###") is no single token to stop on: the answer ends where it first appears
+        texts = [text.split(stop)[0] for text in texts]
+    elif stop == "\n":
+        texts = [text.strip().split("\n")[0] for text in texts]  # plain: a caption is one line
+    return [text.strip() for text in texts]
 
 
 def pixels_for(processor, paths: list[str | Path]) -> torch.Tensor:

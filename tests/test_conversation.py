@@ -34,10 +34,14 @@ def test_plain_template_drops_the_question(random_model):
     assert loss_text(item, tok) == "A red circle.\n"
 
 
-def test_v0_template(random_model):
-    item = tokenize_conversation(SAMPLE, random_model.tokenizer, get_template("v0"), image_tokens=9)
-    text = random_model.tokenizer.decode(item["input_ids"])
-    assert "### Human: " in text and "\n### Assistant: The circle is red.\n" in text
+def test_v0_template_is_the_papers_table2_format(random_model):
+    """§4.2 Table 2 / the authors' conv_llava_v0: {system}###Human: q###Assistant: a###, and ### is trained."""
+    tok = random_model.tokenizer
+    item = tokenize_conversation(SAMPLE, tok, get_template("v0"), image_tokens=9)
+    text = tok.decode(item["input_ids"])
+    assert "a curious human" in text and "the human's questions.###Human: " in text
+    assert "###Assistant: The circle is red.###" in text
+    assert loss_text(item, tok).startswith(" The circle is red.###")  # the <STOP> after the answer carries loss
 
 
 def test_mismatch_raises_naming_the_sample(random_model):

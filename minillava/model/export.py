@@ -122,8 +122,9 @@ def chat_template(template: Template | str, tokenizer) -> str | None:
         return None
     tmpl = for_tokenizer(tmpl, tokenizer)
     lit = json.dumps  # JSON string literals are valid Jinja string literals
-    system_sep = tmpl.system[len(tmpl.system.rstrip()):]  # " " (vicuna_v1) or "\n" (v0)
-    system = "{%- set system = " + lit(tmpl.system.rstrip()) + " -%}"
+    base_system = tmpl.system.rstrip(" \n#")
+    system_sep = tmpl.system[len(base_system):]  # " " (vicuna_v1) or "###" (v0): kept after a custom system message
+    system = "{%- set system = " + lit(base_system) + " -%}"
     if tmpl.name == CHAT:  # the system block is already wrapped in the LM's own markup: no other system prompt
         system_sep = ""
         system = ("{%- set system = " + lit(tmpl.system) + " -%}{%- if messages and messages[0]['role'] == 'system' "
