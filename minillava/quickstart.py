@@ -205,15 +205,21 @@ def kernel_settings() -> dict:
             "threads": torch.get_num_threads(), "pinned": {k: os.environ[k] for k in pins if os.environ.get(k)}}
 
 
-def cached_quickstart(cache_dir: str | Path | None = None, overrides: list[str] | None = None) -> dict:
-    """The quickstart model for the notebooks: trained once per cache directory, then reused.
+def cached_quickstart(preset: str = "tiny", overrides: list[str] | None = None,
+                      cache_dir: str | Path | None = None) -> dict:
+    """The quickstart model for the notebooks: trained once per cache directory and settings, then reused.
 
-    Notebooks 04–08 all look at the same trained model; the first one to need it pays for training
-    (silently, so every notebook prints the same thing whether it trained or reused).
+    Notebooks 00 and 04–10 all look at the same trained model; the first one to need it pays for training
+    (silently, so every notebook prints the same thing whether it trained or reused). ``preset`` and ``overrides``
+    are the notebooks' parameters cell. The quickstart is the embedded-scene pipeline, so only ``tiny`` runs here;
+    the ``small`` preset trains from the command line on a GPU (README, one GPU).
     """
     import hashlib
     import os
 
+    if preset != "tiny":
+        raise ValueError(f"preset {preset!r}: the notebooks' trained model is the embedded quickstart, preset 'tiny'; "
+                         f"train {preset!r} with `minillava train --stage 1/2 --preset {preset}` (README, one GPU)")
     overrides = list(overrides or [])
     cache_dir = Path(cache_dir or os.environ.get("MINILLAVA_NOTEBOOK_CACHE", Path.home() / ".cache" / "minillava"))
     # fields left "off" ("" / False / 0) are left out of the key, so adding an opt-in feature to Config does not
