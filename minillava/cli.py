@@ -13,6 +13,21 @@ from . import __version__
 from .data.records import DataError
 
 
+def _quiet_defaults() -> None:
+    """Quiet by default, through the libraries' own switches (a variable the user set wins): progress bars only
+    on a terminal, no transformers / huggingface_hub loading bars, transformers' advice only at error level."""
+    if not sys.stderr.isatty():
+        os.environ.setdefault("TQDM_DISABLE", "1")  # a log file gets no bar redraws
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers' "Loading weights" bars use it
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+
+
+def _progress() -> bool:
+    """One bar per stage on a terminal; none when stderr is a file or a pipe, or TQDM_DISABLE is set."""
+    return sys.stderr.isatty() and os.environ.get("TQDM_DISABLE", "").lower() not in ("1", "true", "yes")
+
+
 def _data_shapes(args: argparse.Namespace) -> None:
     from .data.shapes import write_shapes_dataset
 
@@ -96,7 +111,8 @@ def _train(args: argparse.Namespace) -> None:
 def _quickstart(args: argparse.Namespace) -> None:
     from .quickstart import run_quickstart
 
-    run_quickstart(args.out, from_scratch=args.from_scratch, preset=args.preset, overrides=args.overrides)
+    run_quickstart(args.out, from_scratch=args.from_scratch, preset=args.preset, overrides=args.overrides,
+                   progress=_progress())
 
 
 def _chat(args: argparse.Namespace) -> None:
@@ -178,20 +194,42 @@ def _data_bench(args: argparse.Namespace) -> None:
     print(json.dumps({k: str(v) for k, v in paths.items()}, indent=1))
 
 
-def _eval(args: argparse.Namespace) -> None:
-    from .eval.bench import answer_bench, read_questions, write_answers
-    from .eval.judges import ChatJudge, RuleJudge, evaluate_answers, format_table
+# the authors' file names, looked for beside --bench when --references / --context are not given
+REFERENCE_NAMES = ("references.jsonl", "answers_gpt4.jsonl", "qa90_gpt4_answer.jsonl")
+CONTEXT_NAMES = ("context.jsonl", "caps_boxes_coco2014_val_80.jsonl")
 
-    bench_dir = args.bench.parent
+
+def _beside(bench: Path, given: Path | None, names: tuple[str, ...], flag: str) -> Path:
+    if given is not None:
+        return given
+    found = next((bench.parent / n for n in names if (bench.parent / n).is_file()), None)
+    if found is None:
+        raise DataError(f"{bench.parent}: none of {', '.join(names)} beside --bench; give {flag} FILE")
+    return found
+
+
+def _eval(args: argparse.Namespace) -> None:
+    from .eval.bench import answer_bench, read_questions, resolve_image, write_answers
+    from .eval.judges import ChatJudge, RuleJudge, evaluate_answers
+    from .eval.published import format_summary, review_rows, summarize_reviews, write_reviews
+
+    references = _beside(args.bench, args.references, REFERENCE_NAMES, "--references")
+    context = _beside(args.bench, args.context, CONTEXT_NAMES, "--context")
     answers = args.answers
     if answers is None:
         if args.model is None:
             raise ValueError("give --model to answer the benchmark, or --answers with answers made elsewhere")
         from .model.build import load_model
 
+        questions = read_questions(args.bench)
+        images = args.images or args.bench.parent
+        for q in questions:  # before loading the model: say where the images were looked for, and the flag
+            if not resolve_image(images, q["image"]).is_file():
+                raise DataError(f"{args.bench}: question_id {q['question_id']!r}: image {q['image']!r} is not in "
+                                f"{images} (nor {images / 'images'}); give --images DIR")
         model, processor, cfg = load_model(args.model)
-        rows = answer_bench(model, processor, read_questions(args.bench), bench_dir, model_id=str(args.model),
-                            template=cfg.stage2_template)
+        rows = answer_bench(model, processor, questions, images, model_id=str(args.model),
+                            template=cfg.stage2_template, progress=_progress())
         answers = write_answers(args.out.with_name(args.out.stem + "_answers.jsonl"), rows)
     if args.judge == "rule":
         judge = RuleJudge()
@@ -203,11 +241,16 @@ def _eval(args: argparse.Namespace) -> None:
         client = ChatClient(args.base_url, args.judge_model, api_key_env=args.api_key_env, temperature=0.2)
         judge = ChatJudge(client, cache_path=args.out.with_name(args.out.stem + "_verdicts.jsonl"),
                           repeats=args.repeats)
-    result = evaluate_answers(args.bench, answers, judge, bench_dir / "references.jsonl",
-                              bench_dir / "context.jsonl")
+    result = evaluate_answers(args.bench, answers, judge, references, context, progress=_progress())
+    reviews = review_rows(result["per_question"], result["context_layout"])
+    reviews_path = write_reviews(args.out.with_name(args.out.stem + "_reviews.jsonl"), reviews)
+    result["summary"] = summarize_reviews(reviews)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))
-    print(format_table(result["relative"], title=str(args.model or answers)))
+    failed = f"; {len(result['failed'])} question(s) without a verdict: {result['failed']}" if result["failed"] else ""
+    print(f"answers {answers}\nreviews {reviews_path} (the authors' review format){failed}\nresult  {args.out}\n")
+    print(format_summary(result["summary"], f"{args.model or answers}, judge {args.judge} "
+                                            "(as llava/eval/summarize_gpt_review.py computes it)"))
 
 
 def _cache_features(args: argparse.Namespace) -> None:
@@ -312,13 +355,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     p.set_defaults(func=_chat)
 
-    p = commands.add_parser("eval", help="LLaVA-Bench-style relative scores per category (§5)",
-                            epilog="example: minillava eval --model runs/quickstart/stage2 "
-                                   "--bench runs/bench/questions.jsonl --judge rule")
+    p = commands.add_parser("eval", help="LLaVA-Bench relative scores per category (§5), the authors' files and formats",
+                            epilog="examples: minillava eval --model runs/quickstart/stage2 "
+                                   "--bench runs/quickstart/bench/questions.jsonl --judge rule;  "
+                                   "minillava eval --answers answers/llava.jsonl --bench qa90_questions.jsonl "
+                                   "--references qa90_gpt4_answer.jsonl --context caps_boxes_coco2014_val_80.jsonl "
+                                   "--judge chat --base-url http://127.0.0.1:8000/v1 --judge-model gpt-4")
     p.add_argument("--model", type=Path, help="a model directory to answer the questions with")
-    p.add_argument("--bench", type=Path, required=True, help="questions.jsonl (references.jsonl, context.jsonl beside it)")
+    p.add_argument("--bench", type=Path, required=True,
+                   help="the questions (qa90_questions.jsonl, questions.jsonl, ...: any name)")
+    p.add_argument("--references", type=Path, help="reference answers (default: beside --bench, one of "
+                   + ", ".join(REFERENCE_NAMES) + ")")
+    p.add_argument("--context", type=Path, help="what the judge reads for each image (default: beside --bench, "
+                   "one of " + ", ".join(CONTEXT_NAMES) + ")")
+    p.add_argument("--images", type=Path, help="the folder of the bench's images (default: beside --bench or in "
+                   "its images/)")
     p.add_argument("--judge", choices=["rule", "chat"], default="rule")
-    p.add_argument("--answers", type=Path, help="score an answers file made elsewhere instead of running --model")
+    p.add_argument("--answers", type=Path, help="score an answers file made elsewhere (the authors' format) "
+                   "instead of running --model")
     p.add_argument("--out", type=Path, default=Path("runs/eval/result.json"))
     p.add_argument("--base-url", help="chat judge: an OpenAI-compatible endpoint")
     p.add_argument("--judge-model", help="chat judge: model name")
@@ -400,6 +454,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _quiet_defaults()
     from .data.chat_teacher import TeacherError  # torch-free, unlike the trainer
 
     try:

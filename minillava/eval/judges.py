@@ -35,7 +35,8 @@ from ..data.records import DataError
 from ..data.shapes import COLORS, POSITIONS, SHAPES
 from ..data.teachers import _CANDIDATES
 from ..data.teachers import positions_in
-from .bench import CATEGORIES, answer_matches, read_answers, read_context, read_questions
+from .bench import CATEGORIES, answer_matches, read_answers, read_questions
+from .published import read_bench_context
 
 log = logging.getLogger(__name__)
 
@@ -531,13 +532,15 @@ def evaluate_answers(questions_path: str | Path, answers_path: str | Path, judge
     """Score an answers file (any model's, in LLaVA-Bench format) against the references with ``judge``.
 
     Every question must have exactly one candidate answer and one reference answer (a DataError says which
-    are missing or unknown). Questions whose verdict failed are listed in ``failed`` and left out of the
-    relative scores. Returns ``{"judge", "model_id", "relative", "per_question", "failed", "stats"}``.
+    are missing or unknown). ``context_path`` may be in any of the layouts of :mod:`.published` (the authors'
+    COCO or In-the-Wild files, or ours). Questions whose verdict failed are listed in ``failed`` and left out of the
+    relative scores. Returns ``{"judge", "model_id", "relative", "per_question", "failed", "stats",
+    "context_layout"}``.
     """
     questions = read_questions(questions_path)
     answers = {str(a["question_id"]): a for a in read_answers(answers_path)}
     references = {str(a["question_id"]): a for a in read_answers(references_path)}
-    contexts = read_context(context_path) if context_path is not None else {}
+    contexts, layout = read_bench_context(context_path, questions) if context_path is not None else ({}, "ours")
     ids = {str(q["question_id"]) for q in questions}
     for name, rows, path in (("answers", answers, answers_path), ("references", references, references_path)):
         missing = [q["question_id"] for q in questions if str(q["question_id"]) not in rows]
@@ -565,7 +568,9 @@ def evaluate_answers(questions_path: str | Path, answers_path: str | Path, judge
                 reason = str(e)
                 break
         row = {"question_id": q["question_id"], "category": q["category"], "image": q["image"],
-               "question": q["text"], "reference": reference, "candidate": candidate}
+               "question": q["text"], "reference": reference, "candidate": candidate,
+               "reference_id": references[qid].get("answer_id", q["question_id"]),
+               "answer_id": answers[qid].get("answer_id", q["question_id"])}
         if reason is not None:
             failed.append(q["question_id"])
             per_question.append({**row, "failed": True, "reason": reason})
@@ -579,7 +584,7 @@ def evaluate_answers(questions_path: str | Path, answers_path: str | Path, judge
     model_ids = sorted({a.get("model_id", "unknown") for a in answers.values()})
     return {"judge": judge.describe(), "model_id": model_ids[0] if len(model_ids) == 1 else model_ids,
             "relative": relative_scores(by_category), "per_question": per_question, "failed": failed,
-            "stats": dict(judge.stats)}
+            "stats": dict(judge.stats), "context_layout": layout}
 
 
 PAPER_TABLE4_FULL = {"conv": 83.1, "detail": 75.3, "complex": 96.5, "all": 85.1}  # LLaVA, full data (Table 4)
