@@ -21,15 +21,16 @@ def _quiet_defaults() -> None:
     """Quiet by default, through the libraries' own switches (a variable the user set wins): progress bars only
     on a terminal, no transformers / huggingface_hub loading bars, transformers' advice only at error level."""
     if not sys.stderr.isatty():
-        os.environ.setdefault("TQDM_DISABLE", "1")  # a log file gets no bar redraws
+        os.environ.setdefault("TQDM_DISABLE", "1")  # a log file gets no bar redraws (TQDM_DISABLE= keeps them)
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers' "Loading weights" bars use it
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 
 def _progress() -> bool:
-    """One bar per stage on a terminal; none when stderr is a file or a pipe, or TQDM_DISABLE is set."""
-    return sys.stderr.isatty() and os.environ.get("TQDM_DISABLE", "").lower() not in ("1", "true", "yes")
+    """One bar per stage on a terminal; none when stderr is a file or a pipe, or TQDM_DISABLE is set (tqdm
+    reads any non-empty value, "0" included, as "disable"; TQDM_DISABLE= with no value asks for bars in a log)."""
+    return sys.stderr.isatty() and not os.environ.get("TQDM_DISABLE")
 
 
 def _data_shapes(args: argparse.Namespace) -> None:
@@ -459,7 +460,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    _quiet_defaults()
+    if argv is None:  # the command line, not a caller in Python (a test, a notebook): whose settings stay its own
+        _quiet_defaults()
     from .data.chat_teacher import TeacherError  # torch-free, unlike the trainer
 
     try:
