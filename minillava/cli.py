@@ -252,7 +252,8 @@ def _eval(args: argparse.Namespace) -> None:
     result["summary"] = summarize_reviews(reviews)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))
-    failed = f"; {len(result['failed'])} question(s) without a verdict: {result['failed']}" if result["failed"] else ""
+    failed = (f"; {len(result['failed'])} question(s) without a verdict: {result['failed']}"
+              if result["failed"] else "")
     print(f"answers {answers}\nreviews {reviews_path} (the authors' review format){failed}\nresult  {args.out}\n")
     print(format_summary(result["summary"], f"{args.model or answers}, judge {args.judge} "
                                             "(as llava/eval/summarize_gpt_review.py computes it)"))
@@ -313,7 +314,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=PathArg("out_dir", ("annotations", "images")), required=True)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--base-url", default=None, help="mirror of images.cocodataset.org (or $MINILLAVA_COCO_URL)")
-    p.add_argument("--cache-dir", type=PathArg("out_dir"), default=None, help="where zips are kept (or $MINILLAVA_CACHE)")
+    p.add_argument("--cache-dir", type=PathArg("out_dir"),
+                   default=None, help="where zips are kept (or $MINILLAVA_CACHE)")
     p.add_argument("--skip-bad", action="store_true", help="skip and count bad images instead of stopping")
     p.set_defaults(func=_data_coco)
 
@@ -345,7 +347,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("quickstart", help="the main job: data → stage 1 → stage 2 → eval → figures",
                             epilog="example: minillava quickstart --out runs/quickstart")
-    p.add_argument("--out", type=PathArg("out_dir", ("metrics.json", "data", "stage0", "stage1", "stage2", "bench", "figures")), default=Path("runs/quickstart"))
+    p.add_argument("--out", type=PathArg("out_dir", ("metrics.json", "data", "stage0", "stage1", "stage2", "bench",
+                                                     "figures")), default=Path("runs/quickstart"))
     p.add_argument("--from-scratch", action="store_true", help="also re-run stage 0 (tiny CLIP and chat LM)")
     p.add_argument("--preset", default="tiny")
     p.add_argument("overrides", nargs="*", metavar="key=value")
@@ -361,7 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     p.set_defaults(func=_chat)
 
-    p = commands.add_parser("eval", help="LLaVA-Bench relative scores per category (§5), the authors' files and formats",
+    p = commands.add_parser("eval", help="LLaVA-Bench relative scores per category (§5); the authors' files",
                             epilog="examples: minillava eval --model runs/quickstart/stage2 "
                                    "--bench runs/quickstart/bench/questions.jsonl --judge rule;  "
                                    "minillava eval --answers answers/llava.jsonl --bench qa90_questions.jsonl "
@@ -372,9 +375,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the questions (qa90_questions.jsonl, questions.jsonl, ...: any name)")
     p.add_argument("--references", type=PathArg("file"), help="reference answers (default: beside --bench, one of "
                    + ", ".join(REFERENCE_NAMES) + ")")
-    p.add_argument("--context", type=PathArg("file"), help="what the judge reads for each image (default: beside --bench, "
+    p.add_argument("--context", type=PathArg("file"),
+                   help="what the judge reads for each image (default: beside --bench, "
                    "one of " + ", ".join(CONTEXT_NAMES) + ")")
-    p.add_argument("--images", type=PathArg("dir"), help="the folder of the bench's images (default: beside --bench or in "
+    p.add_argument("--images", type=PathArg("dir"),
+                   help="the folder of the bench's images (default: beside --bench or in "
                    "its images/)")
     p.add_argument("--judge", choices=["rule", "chat"], default="rule")
     p.add_argument("--answers", type=PathArg("file"), help="score an answers file made elsewhere (the authors' format) "
@@ -390,7 +395,8 @@ def build_parser() -> argparse.ArgumentParser:
                             epilog="example: minillava ablate --out runs/ablate --seeds 0,1,2  (about 40 min on 2 cores; "
                                    "an interrupted run resumes)")
     p.add_argument("--out", type=PathArg("out_dir"), default=Path("runs/ablate"), help="one directory per arm and seed")
-    p.add_argument("--results", type=PathArg("out_dir"), default=Path("results"), help="where ablations.json/.md/.png go")
+    p.add_argument("--results", type=PathArg("out_dir"),
+                   default=Path("results"), help="where ablations.json/.md/.png go")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--arms", default="", help="comma-separated subset of the arms (default: all)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -426,7 +432,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = data_cmds.add_parser("llava-instruct", help="the published LLaVA-Instruct-150K/80K JSON, kept to a COCO subset",
                              epilog="example: minillava data llava-instruct --json llava_instruct_150k.json "
                                     "--coco data/coco_train --split train2017 --out data/coco_train/instruct.json")
-    p.add_argument("--json", type=PathArg("file"), required=True, help="llava_instruct_150k.json (or -80k, or one of its parts)")
+    p.add_argument("--json", type=PathArg("file"),
+                   required=True, help="llava_instruct_150k.json (or -80k, or one of its parts)")
     p.add_argument("--coco", type=IN_COCO, required=True, help="a subset made by `minillava data coco`")
     p.add_argument("--split", default="train2017", help="LLaVA-Instruct uses COCO train2017 images")
     p.add_argument("--out", type=PathArg("out_file"), required=True)
@@ -448,10 +455,12 @@ def build_parser() -> argparse.ArgumentParser:
                             epilog="example: minillava cache-features --preset tiny --data data/shapes --split train "
                                    "--out data/feature_cache   (then train with feature_cache_dir=data/feature_cache)")
     p.add_argument("--preset", default="tiny", help="tiny | small | paper")
-    p.add_argument("--model-config", type=PathArg("file"), help="a YAML or JSON file of config fields (vision_name, layer, ...)")
+    p.add_argument("--model-config", type=PathArg("file"),
+                   help="a YAML or JSON file of config fields (vision_name, layer, ...)")
     p.add_argument("--data", type=IN_COCO, required=True, help="a COCO-format directory")
     p.add_argument("--split", default="train")
-    p.add_argument("--out", type=PathArg("out_dir"), required=True, help="the cache root (config field feature_cache_dir)")
+    p.add_argument("--out", type=PathArg("out_dir"),
+                   required=True, help="the cache root (config field feature_cache_dir)")
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="config fields, e.g. vision_select_layer=-1 feature_cache_dtype=fp16")
     p.set_defaults(func=_cache_features)

@@ -54,8 +54,9 @@ class PathArg:
         if self.kind == "out_dir" and self.holds and path.is_dir():
             present = sorted(p.name for p in path.iterdir())
             if present and not any(n in present for n in self.holds):
-                raise DataError(f"{where}: holds other files ({', '.join(present[:3])}{', ...' if len(present) > 3 else ''})"
-                                f"; give a new or empty folder, or one this command wrote")
+                shown = ", ".join(present[:3]) + (", ..." if len(present) > 3 else "")
+                raise DataError(f"{where}: holds other files ({shown}); give a new or empty folder, "
+                                "or one this command wrote")
 
 
 def _check_writable(where: str, folder: Path) -> None:

@@ -36,7 +36,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..data.records import DataError
-from .bench import _ID_TYPES, _check_fields, _unique_ids, read_context, read_jsonl, write_jsonl
+from .bench import _ID_TYPES, _check_fields, read_context, read_jsonl, write_jsonl
 
 COCO_CONTEXT_FIELDS = {"image": str, "captions": list, "instances": list}
 WILD_CONTEXT_FIELDS = {"image": str, "caption": (str, list)}
