@@ -215,7 +215,7 @@ def _beside(bench: Path, given: Path | None, names: tuple[str, ...], flag: str) 
 
 def _eval(args: argparse.Namespace) -> None:
     from .eval.bench import answer_bench, read_questions, resolve_image, write_answers
-    from .eval.judges import ChatJudge, RuleJudge, evaluate_answers
+    from .eval.judges import ChatJudge, RuleJudge, evaluate_answers, format_table
     from .eval.published import format_summary, review_rows, summarize_reviews, write_reviews
 
     references = _beside(args.bench, args.references, REFERENCE_NAMES, "--references")
@@ -252,6 +252,9 @@ def _eval(args: argparse.Namespace) -> None:
     result["summary"] = summarize_reviews(reviews)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))
+    if result["context_layout"] == "ours":  # our embedded bench: its table beside the paper's row, as before
+        print(format_table(result["relative"], title=str(args.model or answers)))  # (notebook 09 shows this)
+        return
     failed = (f"; {len(result['failed'])} question(s) without a verdict: {result['failed']}"
               if result["failed"] else "")
     print(f"answers {answers}\nreviews {reviews_path} (the authors' review format){failed}\nresult  {args.out}\n")

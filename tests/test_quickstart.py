@@ -56,7 +56,7 @@ def test_the_quickstarts_bench_is_evaluable_as_it_stands(quick_run, tmp_path, ca
                  "--judge", "rule", "--out", str(tmp_path / "result.json")]) == 0  # its images travel with it
     summary = json.loads((tmp_path / "result.json").read_text())["summary"]
     assert summary["all"]["relative"] == pytest.approx(metrics["relative_score"]["all"], abs=0.1)
-    assert "| all |" in capsys.readouterr().out
+    assert "| paper (LLaVA, full data) |" in capsys.readouterr().out  # our bench: the table beside the paper's row
 
 
 def test_rerun_reuses_data(quick_run, capsys):
