@@ -387,7 +387,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--judge", choices=["rule", "chat"], default="rule")
     p.add_argument("--answers", type=PathArg("file"), help="score an answers file made elsewhere (the authors' format) "
                    "instead of running --model")
-    p.add_argument("--out", type=PathArg("out_file"), default=Path("runs/eval/result.json"))
+    p.add_argument("--out", type=PathArg("out_file"), default=Path("runs/eval/result.json"),
+                   help="result.json; beside it result_answers.jsonl and result_reviews.jsonl (authors' formats)")
     p.add_argument("--base-url", help="chat judge: an OpenAI-compatible endpoint")
     p.add_argument("--judge-model", help="chat judge: model name")
     p.add_argument("--api-key-env", default="OPENAI_API_KEY")
