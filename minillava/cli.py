@@ -11,6 +11,26 @@ from pathlib import Path
 
 from . import __version__
 from .data.records import DataError
+from .paths import MODEL_FILES, PathArg, check_paths
+
+IN_MODEL = PathArg("dir", MODEL_FILES, "a minillava model folder")
+IN_COCO = PathArg("dir", ("annotations",), "a COCO-format dataset folder")
+
+
+def _quiet_defaults() -> None:
+    """Quiet by default, through the libraries' own switches (a variable the user set wins): progress bars only
+    on a terminal, no transformers / huggingface_hub loading bars, transformers' advice only at error level."""
+    if not sys.stderr.isatty():
+        os.environ.setdefault("TQDM_DISABLE", "1")  # a log file gets no bar redraws (TQDM_DISABLE= keeps them)
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers' "Loading weights" bars use it
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+
+
+def _progress() -> bool:
+    """One bar per stage on a terminal; none when stderr is a file or a pipe, or TQDM_DISABLE is set (tqdm
+    reads any non-empty value, "0" included, as "disable"; TQDM_DISABLE= with no value asks for bars in a log)."""
+    return sys.stderr.isatty() and not os.environ.get("TQDM_DISABLE")
 
 
 def _data_shapes(args: argparse.Namespace) -> None:
@@ -97,7 +117,8 @@ def _train(args: argparse.Namespace) -> None:
 def _quickstart(args: argparse.Namespace) -> None:
     from .quickstart import run_quickstart
 
-    run_quickstart(args.out, from_scratch=args.from_scratch, preset=args.preset, overrides=args.overrides)
+    run_quickstart(args.out, from_scratch=args.from_scratch, preset=args.preset, overrides=args.overrides,
+                   progress=_progress())
 
 
 def _chat(args: argparse.Namespace) -> None:
@@ -179,20 +200,42 @@ def _data_bench(args: argparse.Namespace) -> None:
     print(json.dumps({k: str(v) for k, v in paths.items()}, indent=1))
 
 
-def _eval(args: argparse.Namespace) -> None:
-    from .eval.bench import answer_bench, read_questions, write_answers
-    from .eval.judges import ChatJudge, RuleJudge, evaluate_answers, format_table
+# the authors' file names, looked for beside --bench when --references / --context are not given
+REFERENCE_NAMES = ("references.jsonl", "answers_gpt4.jsonl", "qa90_gpt4_answer.jsonl")
+CONTEXT_NAMES = ("context.jsonl", "caps_boxes_coco2014_val_80.jsonl")
 
-    bench_dir = args.bench.parent
+
+def _beside(bench: Path, given: Path | None, names: tuple[str, ...], flag: str) -> Path:
+    if given is not None:
+        return given
+    found = next((bench.parent / n for n in names if (bench.parent / n).is_file()), None)
+    if found is None:
+        raise DataError(f"{bench.parent}: none of {', '.join(names)} beside --bench; give {flag} FILE")
+    return found
+
+
+def _eval(args: argparse.Namespace) -> None:
+    from .eval.bench import answer_bench, read_questions, resolve_image, write_answers
+    from .eval.judges import ChatJudge, RuleJudge, evaluate_answers, format_table
+    from .eval.published import format_summary, review_rows, summarize_reviews, write_reviews
+
+    references = _beside(args.bench, args.references, REFERENCE_NAMES, "--references")
+    context = _beside(args.bench, args.context, CONTEXT_NAMES, "--context")
     answers = args.answers
     if answers is None:
         if args.model is None:
             raise ValueError("give --model to answer the benchmark, or --answers with answers made elsewhere")
         from .model.build import load_model
 
+        questions = read_questions(args.bench)
+        images = args.images or args.bench.parent
+        for q in questions:  # before loading the model: say where the images were looked for, and the flag
+            if not resolve_image(images, q["image"]).is_file():
+                raise DataError(f"{args.bench}: question_id {q['question_id']!r}: image {q['image']!r} is not in "
+                                f"{images} (nor {images / 'images'}); give --images DIR")
         model, processor, cfg = load_model(args.model)
-        rows = answer_bench(model, processor, read_questions(args.bench), bench_dir, model_id=str(args.model),
-                            template=cfg.stage2_template)
+        rows = answer_bench(model, processor, questions, images, model_id=str(args.model),
+                            template=cfg.stage2_template, progress=_progress())
         answers = write_answers(args.out.with_name(args.out.stem + "_answers.jsonl"), rows)
     if args.judge == "rule":
         judge = RuleJudge()
@@ -204,11 +247,20 @@ def _eval(args: argparse.Namespace) -> None:
         client = ChatClient(args.base_url, args.judge_model, api_key_env=args.api_key_env, temperature=0.2)
         judge = ChatJudge(client, cache_path=args.out.with_name(args.out.stem + "_verdicts.jsonl"),
                           repeats=args.repeats)
-    result = evaluate_answers(args.bench, answers, judge, bench_dir / "references.jsonl",
-                              bench_dir / "context.jsonl")
+    result = evaluate_answers(args.bench, answers, judge, references, context, progress=_progress())
+    reviews = review_rows(result["per_question"], result["context_layout"])
+    reviews_path = write_reviews(args.out.with_name(args.out.stem + "_reviews.jsonl"), reviews)
+    result["summary"] = summarize_reviews(reviews)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))
-    print(format_table(result["relative"], title=str(args.model or answers)))
+    if result["context_layout"] == "ours":  # our embedded bench: its table beside the paper's row, as before
+        print(format_table(result["relative"], title=str(args.model or answers)))  # (notebook 09 shows this)
+        return
+    failed = (f"; {len(result['failed'])} question(s) without a verdict: {result['failed']}"
+              if result["failed"] else "")
+    print(f"answers {answers}\nreviews {reviews_path} (the authors' review format){failed}\nresult  {args.out}\n")
+    print(format_summary(result["summary"], f"{args.model or answers}, judge {args.judge} "
+                                            "(as llava/eval/summarize_gpt_review.py computes it)"))
 
 
 def _cache_features(args: argparse.Namespace) -> None:
@@ -264,7 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = data_cmds.add_parser("shapes", help="embedded scenes in COCO format",
                              epilog="example: minillava data shapes --out data/shapes --images 2000 --seed 0")
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--out", type=PathArg("out_dir", ("annotations", "images", "settings.json")), required=True)
     p.add_argument("--images", type=int, default=2000, help="total over train/val/test (80/10/10)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--size", type=int, default=96, help="image side in pixels (96 for CPU, 224/336 for CLIP)")
@@ -275,20 +327,21 @@ def build_parser() -> argparse.ArgumentParser:
                              epilog="example: minillava data coco --split val2017 --limit 500 --out data/coco")
     p.add_argument("--split", default="val2017", choices=["val2017", "train2017"])
     p.add_argument("--limit", type=int, required=True)
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--out", type=PathArg("out_dir", ("annotations", "images")), required=True)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--base-url", default=None, help="mirror of images.cocodataset.org (or $MINILLAVA_COCO_URL)")
-    p.add_argument("--cache-dir", type=Path, default=None, help="where zips are kept (or $MINILLAVA_CACHE)")
+    p.add_argument("--cache-dir", type=PathArg("out_dir"),
+                   default=None, help="where zips are kept (or $MINILLAVA_CACHE)")
     p.add_argument("--skip-bad", action="store_true", help="skip and count bad images instead of stopping")
     p.set_defaults(func=_data_coco)
 
     p = data_cmds.add_parser("instruct", help="§3 instruction data as LLaVA JSON",
                              epilog="example: minillava data instruct --coco data/shapes --split train "
                                     "--teacher rule --out data/instruct_train.json")
-    p.add_argument("--coco", type=Path, required=True, help="a COCO-format directory (shapes or coco subset)")
+    p.add_argument("--coco", type=IN_COCO, required=True, help="a COCO-format directory (shapes or coco subset)")
     p.add_argument("--split", required=True)
     p.add_argument("--teacher", choices=["rule", "chat"], default="rule")
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--out", type=PathArg("out_file"), required=True)
     p.add_argument("--types", default="conv,detail,complex")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--skip-bad", action="store_true", help="skip and count bad records instead of stopping")
@@ -301,9 +354,10 @@ def build_parser() -> argparse.ArgumentParser:
                             epilog="example: minillava train --stage 1 --preset tiny --out runs/s1 stage1_steps=200")
     p.add_argument("--stage", type=int, choices=[0, 1, 2], required=True)
     p.add_argument("--preset", default="tiny", help="tiny | small | paper")
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--out", type=PathArg("out_dir", ("checkpoints", "log.jsonl", *MODEL_FILES, "recipe.json")),
+                   required=True)  # recipe.json: a stage-0 folder, e.g. minillava/assets/tiny
     p.add_argument("--resume", action="store_true", help="continue from the newest good checkpoint in --out")
-    p.add_argument("--config", type=Path, help="a YAML or JSON file of config fields")
+    p.add_argument("--config", type=PathArg("file"), help="a YAML or JSON file of config fields")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config fields, e.g. stage2_lr=1e-4")
     p.set_defaults(func=_train)
 
@@ -320,7 +374,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("quickstart", help="the main job: data → stage 1 → stage 2 → eval → figures",
                             epilog="example: minillava quickstart --out runs/quickstart")
-    p.add_argument("--out", type=Path, default=Path("runs/quickstart"))
+    p.add_argument("--out", type=PathArg("out_dir", ("metrics.json", "data", "stage0", "stage1", "stage2", "bench",
+                                                     "figures")), default=Path("runs/quickstart"))
     p.add_argument("--from-scratch", action="store_true", help="also re-run stage 0 (tiny CLIP and chat LM)")
     p.add_argument("--preset", default="tiny")
     p.add_argument("overrides", nargs="*", metavar="key=value")
@@ -329,21 +384,35 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("chat", help="answer a question about an image (interactive without QUESTION)",
                             epilog="example: minillava chat --model runs/quickstart/stage2 --image scene.png "
                                    "'What color is the circle?'")
-    p.add_argument("--model", type=Path, required=True)
-    p.add_argument("--image", type=Path, required=True)
+    p.add_argument("--model", type=IN_MODEL, required=True)
+    p.add_argument("--image", type=PathArg("file"), required=True)
     p.add_argument("question", nargs="?")
     p.add_argument("--max-new-tokens", type=int, default=96)
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     p.set_defaults(func=_chat)
 
-    p = commands.add_parser("eval", help="LLaVA-Bench-style relative scores per category (§5)",
-                            epilog="example: minillava eval --model runs/quickstart/stage2 "
-                                   "--bench runs/bench/questions.jsonl --judge rule")
-    p.add_argument("--model", type=Path, help="a model directory to answer the questions with")
-    p.add_argument("--bench", type=Path, required=True, help="questions.jsonl (references.jsonl, context.jsonl beside it)")
+    p = commands.add_parser("eval", help="LLaVA-Bench relative scores per category (§5); the authors' files",
+                            epilog="examples: minillava eval --model runs/quickstart/stage2 "
+                                   "--bench runs/quickstart/bench/questions.jsonl --judge rule;  "
+                                   "minillava eval --answers answers/llava.jsonl --bench qa90_questions.jsonl "
+                                   "--references qa90_gpt4_answer.jsonl --context caps_boxes_coco2014_val_80.jsonl "
+                                   "--judge chat --base-url http://127.0.0.1:8000/v1 --judge-model gpt-4")
+    p.add_argument("--model", type=IN_MODEL, help="a model directory to answer the questions with")
+    p.add_argument("--bench", type=PathArg("file"), required=True,
+                   help="the questions (qa90_questions.jsonl, questions.jsonl, ...: any name)")
+    p.add_argument("--references", type=PathArg("file"), help="reference answers (default: beside --bench, one of "
+                   + ", ".join(REFERENCE_NAMES) + ")")
+    p.add_argument("--context", type=PathArg("file"),
+                   help="what the judge reads for each image (default: beside --bench, "
+                   "one of " + ", ".join(CONTEXT_NAMES) + ")")
+    p.add_argument("--images", type=PathArg("dir"),
+                   help="the folder of the bench's images (default: beside --bench or in "
+                   "its images/)")
     p.add_argument("--judge", choices=["rule", "chat"], default="rule")
-    p.add_argument("--answers", type=Path, help="score an answers file made elsewhere instead of running --model")
-    p.add_argument("--out", type=Path, default=Path("runs/eval/result.json"))
+    p.add_argument("--answers", type=PathArg("file"), help="score an answers file made elsewhere (the authors' format) "
+                   "instead of running --model")
+    p.add_argument("--out", type=PathArg("out_file"), default=Path("runs/eval/result.json"),
+                   help="result.json; beside it result_answers.jsonl and result_reviews.jsonl (authors' formats)")
     p.add_argument("--base-url", help="chat judge: an OpenAI-compatible endpoint")
     p.add_argument("--judge-model", help="chat judge: model name")
     p.add_argument("--api-key-env", default="OPENAI_API_KEY")
@@ -353,8 +422,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("ablate", help="the paper's ablation tables (Table 4, Table 8, MLP vs linear) on the tiny preset",
                             epilog="example: minillava ablate --out runs/ablate --seeds 0,1,2  (about 40 min on 2 cores; "
                                    "an interrupted run resumes)")
-    p.add_argument("--out", type=Path, default=Path("runs/ablate"), help="one directory per arm and seed")
-    p.add_argument("--results", type=Path, default=Path("results"), help="where ablations.json/.md/.png go")
+    p.add_argument("--out", type=PathArg("out_dir"), default=Path("runs/ablate"), help="one directory per arm and seed")
+    p.add_argument("--results", type=PathArg("out_dir"),
+                   default=Path("results"), help="where ablations.json/.md/.png go")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--arms", default="", help="comma-separated subset of the arms (default: all)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -363,37 +433,38 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("figures", help="every figure (loss, attention, projector) from a quickstart model",
                             epilog="example: minillava figures --model runs/quickstart/stage2 --out figures/")
-    p.add_argument("--model", type=Path, required=True, help="a stage-2 model directory of a quickstart run")
-    p.add_argument("--out", type=Path, default=Path("figures"))
+    p.add_argument("--model", type=IN_MODEL, required=True, help="a stage-2 model directory of a quickstart run")
+    p.add_argument("--out", type=PathArg("out_dir"), default=Path("figures"))
     p.set_defaults(func=_figures)
 
     p = commands.add_parser("export", help="write transformers LlavaForConditionalGeneration format",
                             epilog="example: minillava export --model runs/quickstart/stage2 --out hf_llava")
-    p.add_argument("--model", type=Path, required=True)
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--model", type=IN_MODEL, required=True)
+    p.add_argument("--out", type=PathArg("out_dir", MODEL_FILES), required=True)
     p.set_defaults(func=_export)
 
     p = data_cmds.add_parser("bench", help="an embedded LLaVA-Bench: 30 held-out images × 3 categories",
                              epilog="example: minillava data bench --coco data/shapes --split test --out runs/bench")
-    p.add_argument("--coco", type=Path, required=True)
+    p.add_argument("--coco", type=IN_COCO, required=True)
     p.add_argument("--split", default="test")
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--out", type=PathArg("out_dir", ("questions.jsonl",)), required=True)
     p.add_argument("--images", type=int, default=30)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_data_bench)
 
     p = data_cmds.add_parser("stats", help="counts per type, turns and lengths of a LLaVA JSON file",
                              epilog="example: minillava data stats data/shapes/instruct_train.json")
-    p.add_argument("file", type=Path)
+    p.add_argument("file", type=PathArg("file"))
     p.set_defaults(func=_data_stats)
 
     p = data_cmds.add_parser("llava-instruct", help="the published LLaVA-Instruct-150K/80K JSON, kept to a COCO subset",
                              epilog="example: minillava data llava-instruct --json llava_instruct_150k.json "
                                     "--coco data/coco_train --split train2017 --out data/coco_train/instruct.json")
-    p.add_argument("--json", type=Path, required=True, help="llava_instruct_150k.json (or -80k, or one of its parts)")
-    p.add_argument("--coco", type=Path, required=True, help="a subset made by `minillava data coco`")
+    p.add_argument("--json", type=PathArg("file"),
+                   required=True, help="llava_instruct_150k.json (or -80k, or one of its parts)")
+    p.add_argument("--coco", type=IN_COCO, required=True, help="a subset made by `minillava data coco`")
     p.add_argument("--split", default="train2017", help="LLaVA-Instruct uses COCO train2017 images")
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--out", type=PathArg("out_file"), required=True)
     p.add_argument("--tokenizer", help="also check the per-turn tokenisation under --template (tiny, a dir or hub id)")
     p.add_argument("--template", default="vicuna_v1")
     p.add_argument("--type", choices=["conv", "detail", "complex"], help="tag every sample with this response type")
@@ -402,7 +473,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("demo", help="a web chat about an image (Gradio), with the attention map",
                             epilog="example: minillava demo --model runs/quickstart/stage2 --port 7860  "
                                    "(needs: pip install 'minillava[demo]')")
-    p.add_argument("--model", type=Path, required=True)
+    p.add_argument("--model", type=IN_MODEL, required=True)
     p.add_argument("--port", type=int, default=7860)
     p.add_argument("--host", default="127.0.0.1", help="0.0.0.0 serves other machines too")
     p.add_argument("--max-new-tokens", type=int, default=64)
@@ -412,10 +483,12 @@ def build_parser() -> argparse.ArgumentParser:
                             epilog="example: minillava cache-features --preset tiny --data data/shapes --split train "
                                    "--out data/feature_cache   (then train with feature_cache_dir=data/feature_cache)")
     p.add_argument("--preset", default="tiny", help="tiny | small | paper")
-    p.add_argument("--model-config", type=Path, help="a YAML or JSON file of config fields (vision_name, layer, ...)")
-    p.add_argument("--data", type=Path, required=True, help="a COCO-format directory")
+    p.add_argument("--model-config", type=PathArg("file"),
+                   help="a YAML or JSON file of config fields (vision_name, layer, ...)")
+    p.add_argument("--data", type=IN_COCO, required=True, help="a COCO-format directory")
     p.add_argument("--split", default="train")
-    p.add_argument("--out", type=Path, required=True, help="the cache root (config field feature_cache_dir)")
+    p.add_argument("--out", type=PathArg("out_dir"),
+                   required=True, help="the cache root (config field feature_cache_dir)")
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="config fields, e.g. vision_select_layer=-1 feature_cache_dtype=fp16")
     p.set_defaults(func=_cache_features)
@@ -423,10 +496,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if argv is None:  # the command line, not a caller in Python (a test, a notebook): whose settings stay its own
+        _quiet_defaults()
     from .data.chat_teacher import TeacherError  # torch-free, unlike the trainer
 
     try:
+        check_paths(parser, args)
         args.func(args)
     except (DataError, ValueError, FileNotFoundError, TeacherError, RuntimeError) as e:
         # NonFiniteLoss can only come from the trainer, so it is looked up only if the trainer was imported:

@@ -64,6 +64,7 @@ def run_quickstart(out_dir: str | Path = "runs/quickstart", *, from_scratch: boo
     t = time.perf_counter()
     model, s1 = run_stage(cfg, 1, out_dir / "stage1", progress=progress)
     seconds["stage1"] = time.perf_counter() - t  # includes computing Z_v once for every training image
+    log(_stage_line(1, s1, seconds["stage1"]))
 
     processor = s1["processor"]
     rows = heldout_questions(test_records)
@@ -75,12 +76,14 @@ def run_quickstart(out_dir: str | Path = "runs/quickstart", *, from_scratch: boo
     model, s2 = run_stage(cfg, 2, out_dir / "stage2", model=model, processor=processor, features=s1["features"],
                           progress=progress)
     seconds["stage2"] = time.perf_counter() - t
+    log(_stage_line(2, s2, seconds["stage2"]))
 
     t = time.perf_counter()
     final = evaluate_exact(model, processor, rows, data_dir)
     blank = evaluate_exact(model, processor, rows, data_dir, blank_image=True)
     relative = bench_relative_scores(model, processor, test_records, data_dir, out_dir / "bench", cfg)
     seconds["eval"] += time.perf_counter() - t
+    log(f"eval: held-out accuracy {final['per_kind']['all']['accuracy']:.3f}, bench in {out_dir / 'bench'}")
 
     t = time.perf_counter()
     from .viz.figures import make_figures
@@ -120,12 +123,21 @@ def run_quickstart(out_dir: str | Path = "runs/quickstart", *, from_scratch: boo
     return metrics
 
 
+def _stage_line(stage: int, summary: dict, seconds: float) -> str:
+    """One line per finished stage, so a log that gets no progress bars still shows where the run is."""
+    first, last = summary.get("first_loss"), summary.get("last_loss")
+    loss = f", loss {first:.3f} -> {last:.3f}" if first is not None and last is not None else ""
+    return f"stage {stage}: {summary.get('steps')} steps in {seconds:.0f} s{loss}"
+
+
 def bench_relative_scores(model, processor, records, data_dir: Path, bench_dir: Path, cfg) -> dict:
     """§5 LLaVA-Bench-style relative score (candidate / reference × 100) on 30 held-out scenes, rule judge."""
     from .eval.bench import answer_bench, make_embedded_bench, read_questions, write_answers
     from .eval.judges import RuleJudge, evaluate_answers
 
-    paths = make_embedded_bench(records, bench_dir, n_images=min(30, len(records)), seed=cfg.seed)
+    # the images are copied into bench_dir/images, so `minillava eval --bench bench_dir/questions.jsonl` finds them
+    paths = make_embedded_bench(records, bench_dir, n_images=min(30, len(records)), seed=cfg.seed,
+                                image_root=data_dir)
     rows = answer_bench(model, processor, read_questions(paths["questions"]), data_dir, model_id="minillava",
                         template=cfg.stage2_template)
     answers = write_answers(bench_dir / "answers.jsonl", rows)

@@ -2,7 +2,7 @@
 # The whole test suite: unit tests, then every notebook executed and compared by nbval (strict).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+bash scripts/setup.sh --test
 # The same CPU kernels on every machine (README, "Testing"): torch, MKL and oneDNN each pick AVX-512 or AVX2 code by
 # CPU, and the two round differently, so training's last digits would depend on the machine. Override to compare.
 export ATEN_CPU_CAPABILITY=${ATEN_CPU_CAPABILITY:-avx2} MKL_CBWR=${MKL_CBWR:-AVX2} ONEDNN_MAX_CPU_ISA=${ONEDNN_MAX_CPU_ISA:-AVX2}

@@ -50,6 +50,15 @@ def test_chat_and_export_commands_on_the_trained_model(quick_run, tmp_path, caps
     assert (tmp_path / "hf" / "config.json").is_file()
 
 
+def test_the_quickstarts_bench_is_evaluable_as_it_stands(quick_run, tmp_path, capsys):
+    out, metrics = quick_run
+    assert main(["eval", "--model", str(out / "stage2"), "--bench", str(out / "bench" / "questions.jsonl"),
+                 "--judge", "rule", "--out", str(tmp_path / "result.json")]) == 0  # its images travel with it
+    summary = json.loads((tmp_path / "result.json").read_text())["summary"]
+    assert summary["all"]["relative"] == pytest.approx(metrics["relative_score"]["all"], abs=0.1)
+    assert "| paper (LLaVA, full data) |" in capsys.readouterr().out  # our bench: the table beside the paper's row
+
+
 def test_rerun_reuses_data(quick_run, capsys):
     out, _ = quick_run
     stamp = (out / "data" / "settings.json").stat().st_mtime
