@@ -1,4 +1,4 @@
-"""`minillava …` — a thin command-line layer over the package's functions (see DESIGN.md's contract)."""
+"""`minillava …` — a thin command-line layer over the package's functions."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """§5 LLaVA-Bench: the published jsonl format, an embedded benchmark built from held-out scenes, and answering it.
 
-LLaVA-Bench (COCO) is 30 images × 3 question types = 90 questions (PAPER.md, §3 and §5). Its files are JSON
+LLaVA-Bench (COCO) is 30 images × 3 question types = 90 questions (§3 and §5). Its files are JSON
 lines, and this module reads and writes them exactly as published, so answers produced by any LLaVA-style
 model (or by the authors' ``model_vqa.py``) can be scored here, and ours can be scored by their scripts::
 

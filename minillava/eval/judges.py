@@ -3,7 +3,7 @@
 The paper's LLaVA-Bench number is a *relative* score: a text-only judge (GPT-4) reads a description of the
 image, the question, the reference answer (assistant 1) and the candidate's answer (assistant 2), rates each
 1–10 for helpfulness, relevance, accuracy and level of detail, and the reported score is
-candidate / reference × 100, per category and overall (PAPER.md, §5). As in the authors' summary script, the
+candidate / reference × 100, per category and overall (§5). As in the authors' summary script, the
 ratio is taken of the *mean* scores of a category (equivalently of the sums), not averaged per question.
 
 Two judges share one interface (``score(question, reference, candidate, context, repeat)`` →
@@ -27,6 +27,7 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import paper
 from ..data.records import DataError
 from ..data.shapes import COLORS, POSITIONS, SHAPES
 from ..data.teachers import _CANDIDATES
@@ -416,7 +417,7 @@ def evaluate_answers(questions_path: str | Path, answers_path: str | Path, judge
             "stats": dict(judge.stats), "context_layout": layout}
 
 
-PAPER_TABLE4_FULL = {"conv": 83.1, "detail": 75.3, "complex": 96.5, "all": 85.1}  # LLaVA, full data (Table 4)
+PAPER_TABLE4_FULL = paper.TABLE4_FULL  # LLaVA, full data (Table 4; minillava/paper.py)
 
 
 def format_table(relative: dict, title: str = "ours") -> str:
