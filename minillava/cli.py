@@ -365,7 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
                             epilog="example: minillava plan --preset small stage2_batch=32   (no download: configs "
                                    "of the preset's backbones are built in; a local directory is read)")
     p.add_argument("--preset", default="small", help="tiny | small | paper")
-    p.add_argument("--config", type=Path, help="a YAML or JSON file of config fields")
+    p.add_argument("--config", type=PathArg("file"), help="a YAML or JSON file of config fields")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     p.add_argument("--text-tokens", default="24,256", help="mean text tokens per sample in stage 1,2 (caption; "
                    "dialogue, with the template): about 1.3 × the words per sample that `minillava data stats` counts")

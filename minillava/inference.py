@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from .conversation import for_tokenizer, get_template, prompt_ids, stop_token_ids
+from .conversation import CHAT, for_tokenizer, get_template, prompt_ids, stop_token_ids
 from .data.dataset import load_image
 
 
@@ -26,7 +26,8 @@ def answer_batch(model, questions: list[str], *, image_features: torch.Tensor | 
                  do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
                  history: list[list[tuple[str, str]]] | None = None) -> list[str]:
     """One answer per (image, question); the image placeholder is put first, as in training."""
-    tmpl = get_template(template, model.tokenizer)
+    # only 'chat' needs the tokenizer; any other name is checked before the model is touched
+    tmpl = get_template(template, model.tokenizer if template == CHAT else None)
     device = next(model.lm.parameters()).device
     prompts = []
     for i, question in enumerate(questions):
