@@ -9,7 +9,7 @@ import pytest
 
 from minillava.cli import main
 from minillava.eval.published import summarize_reviews
-from test_judges import Stub
+from test_judges import stub  # noqa: F401  (the same fixture: a scripted judge on 127.0.0.1)
 
 # three questions about two images, as in qa90_questions.jsonl / questions.jsonl
 QUESTIONS = [{"question_id": 0, "image": "000000441147.jpg", "text": "What is the color of the two suitcases?",
@@ -42,13 +42,6 @@ THEIRS = [{"question_id": q["question_id"], "prompt": q["text"], "text": f"candi
 def write(path, rows):
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
-
-
-@pytest.fixture
-def stub():
-    s = Stub()
-    yield s
-    s.close()
 
 
 @pytest.fixture
