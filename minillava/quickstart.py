@@ -1,12 +1,18 @@
-"""`minillava quickstart`: the whole paper on the embedded default, offline, on a CPU.
+"""`minillava quickstart`: the whole paper on the embedded default, offline, on a CPU — or on a COCO subset.
 
-    scenes (COCO format) → §3 rule teacher → [stage 0: tiny CLIP + chat LM, only with --from-scratch]
+    scenes or COCO (COCO format) → §3 rule teacher → [stage 0: tiny CLIP + chat LM, only with --from-scratch]
       → stage 1 (W only, captions) → stage 2 (W + LM, instructions) → held-out evaluation → figures
+
+With ``data_source=coco`` (the ``small`` and ``paper`` presets) the same run reads a subset made by
+`minillava data coco` (downloaded when ``data_dir`` has none) and holds a tenth of its images out for evaluation.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import random
+import shutil
 import time
 from pathlib import Path
 
@@ -37,6 +43,65 @@ def prepare_data(cfg, log=print) -> Path:
     return data_dir
 
 
+HELDOUT_SHARE = 0.1  # COCO: the share of the subset's images held out for evaluation (never trained on)
+
+
+def split_coco_subset(source: Path, split: str, out: Path, seed: int) -> dict[str, int]:
+    """Write ``source``'s ``split`` to ``out`` as a ``train`` and a held-out ``test`` split, once.
+
+    Images are drawn by ``seed``; each split keeps every field of the COCO files (crowd boxes included), and the
+    pictures are hard-linked (copied where links are not possible), so the source subset stays as it was.
+    """
+    from .data.records import annotation_paths
+
+    stamp = out / "settings.json"
+    settings = {"source": str(source), "split": split, "seed": seed, "heldout_share": HELDOUT_SHARE}
+    if stamp.is_file() and json.loads(stamp.read_text()) == settings:
+        return json.loads((out / "counts.json").read_text())
+    files = dict(zip(("captions", "instances"), annotation_paths(source, split)))
+    data = {kind: json.loads(path.read_text(encoding="utf-8")) for kind, path in files.items()}
+    ids = sorted(image["id"] for image in data["captions"]["images"])
+    random.Random(f"heldout:{seed}").shuffle(ids)
+    n_test = max(1, round(HELDOUT_SHARE * len(ids)))
+    parts = {"test": set(ids[:n_test]), "train": set(ids[n_test:])}
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    for name, keep in parts.items():
+        for kind, whole in data.items():
+            part = {**whole, "images": [im for im in whole["images"] if im["id"] in keep],
+                    "annotations": [a for a in whole["annotations"] if a["image_id"] in keep]}
+            path = annotation_paths(out, name)[0 if kind == "captions" else 1]
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(part), encoding="utf-8")
+    for image in data["captions"]["images"]:
+        src, dst = source / "images" / image["file_name"], out / "images" / image["file_name"]
+        if not dst.exists():
+            try:
+                os.link(src, dst)
+            except OSError:  # another file system: copy
+                shutil.copyfile(src, dst)
+    counts = {name: len(keep) for name, keep in parts.items()}
+    (out / "counts.json").write_text(json.dumps(counts))
+    stamp.write_text(json.dumps(settings))
+    for name in parts:  # instructions made from an earlier split are stale
+        (out / f"instruct_{name}.json").unlink(missing_ok=True)
+    return counts
+
+
+def coco_data(cfg, out_data: Path, log=print) -> Path:
+    """The quickstart's data from a COCO subset: ``cfg.data_dir`` (made by `minillava data coco`, or downloaded
+    into it here) split into train and held-out test images in ``out_data``."""
+    from .data.coco import prepare_coco
+    from .data.records import annotation_paths
+
+    source = Path(cfg.data_dir).resolve()
+    if not all(path.is_file() for path in annotation_paths(source, cfg.data_split)):
+        counts = prepare_coco(cfg.data_split, cfg.data_images, source, seed=cfg.seed, progress=False)
+        log(f"data: COCO {cfg.data_split} subset of {counts['images']} images in {source}")
+    counts = split_coco_subset(source, cfg.data_split, out_data, cfg.seed)
+    log(f"data: {counts['train']} training and {counts['test']} held-out COCO images in {out_data}")
+    return out_data
+
+
 def run_quickstart(out_dir: str | Path = "runs/quickstart", *, from_scratch: bool = False, preset: str = "tiny",
                    overrides: list[str] | None = None, progress: bool = True, log=print) -> dict:
     from .eval.accuracy import answer_habits, evaluate_exact, heldout_questions
@@ -48,6 +113,13 @@ def run_quickstart(out_dir: str | Path = "runs/quickstart", *, from_scratch: boo
     t_total = time.perf_counter()
 
     t = time.perf_counter()
+    if cfg.data_source == "coco":  # train on the subset's train part; evaluate on the held-out rest
+        if from_scratch:
+            raise ValueError("--from-scratch trains the tiny stand-in backbones on the embedded scenes; "
+                             f"preset {preset!r} starts from hub checkpoints")
+        coco_data(cfg, out_dir / "data", log)
+        overrides = [*overrides, f"data_dir={out_dir / 'data'}", "data_split=train"]
+        cfg = load_config(preset, overrides)
     data_dir = prepare_data(cfg, log)
     test_records = load_split(data_dir, "test")
     seconds["data"] = time.perf_counter() - t
@@ -105,11 +177,7 @@ def run_quickstart(out_dir: str | Path = "runs/quickstart", *, from_scratch: boo
                       "majority": {k: v["majority"] for k, v in per_kind.items() if k != "all"}},
         "loss": {"stage1": [s1["first_loss"], s1["last_loss"]], "stage2": [s2["first_loss"], s2["last_loss"]]},
         "parameters": parameter_counts(model),
-        "grounding": {"attention_focus": measured["attention_focus"],
-                      "attention_by_head": {k: v for k, v in measured["attention_by_head"].items()
-                                            if k != "per_head_selection"},
-                      "nearest_word_after_stage1": measured["nearest_word_after_stage1"],
-                      "nearest_word_after_stage2": measured["nearest_word_after_stage2"]},
+        "grounding": grounding(measured),
         "seconds": {k: round(v, 1) for k, v in seconds.items()},
         "machine": kernel_settings(),
         "model": str(out_dir / "stage2"),
@@ -121,6 +189,17 @@ def run_quickstart(out_dir: str | Path = "runs/quickstart", *, from_scratch: boo
     (out_dir / "report.md").write_text(report(metrics))
     log(report(metrics))
     return metrics
+
+
+def grounding(measured: dict) -> dict | str:
+    """The grounding measures of `make_figures` for metrics.json, or why there are none (they need scenes whose
+    objects have known colours and cells)."""
+    if isinstance(measured["attention_focus"], str):
+        return measured["attention_focus"]
+    return {"attention_focus": measured["attention_focus"],
+            "attention_by_head": {k: v for k, v in measured["attention_by_head"].items() if k != "per_head_selection"},
+            "nearest_word_after_stage1": measured["nearest_word_after_stage1"],
+            "nearest_word_after_stage2": measured["nearest_word_after_stage2"]}
 
 
 def _stage_line(stage: int, summary: dict, seconds: float) -> str:
@@ -156,7 +235,7 @@ def report(metrics: dict) -> str:
 
     base = metrics["baselines"]
     lines = ["# minillava quickstart", "",
-             f"Preset `{metrics['preset']}`, seed {metrics['seed']}. Held-out scenes (layouts never seen in training).",
+             f"Preset `{metrics['preset']}`, seed {metrics['seed']}. Held-out images, never seen in training.",
              "", "| question kind | after stage 2 | multi-object scenes | blank image | stage 1 only | majority answer |",
              "|---|---|---|---|---|---|"]
     for kind, acc in metrics["accuracy"].items():
@@ -181,7 +260,9 @@ def report(metrics: dict) -> str:
                   f"{TABLE4_FULL[k]:.1f}" for k in ("conv", "detail", "complex", "all")) + " |"]
     lines += ["", "| stage | seconds |", "|---|---|"] + [f"| {k} | {v} |" for k, v in metrics["seconds"].items()]
     g = metrics.get("grounding")
-    if g:
+    if isinstance(g, str):
+        lines += ["", f"Grounding measures skipped: each {g}."]
+    elif g:
         focus, s1, s2 = g["attention_focus"], g["nearest_word_after_stage1"], g["nearest_word_after_stage2"]
         fmt = lambda v: "—" if v is None else f"{v:.2f}"  # noqa: E731
         lines += ["", f"Grounding: answer tokens that name a colour put {fmt(focus['mean_ratio'])}× the uniform share "
@@ -223,26 +304,22 @@ def cached_quickstart(preset: str = "tiny", overrides: list[str] | None = None,
 
     Notebooks 00 and 04–10 all look at the same trained model; the first one to need it pays for training
     (silently, so every notebook prints the same thing whether it trained or reused). ``preset`` and ``overrides``
-    are the notebooks' parameters cell. The quickstart is the embedded-scene pipeline, so only ``tiny`` runs here;
-    the ``small`` preset trains from the command line on a GPU (README, one GPU).
+    are the notebooks' parameters cell: ``small`` trains on a COCO subset (``data_dir``, downloaded there when
+    missing) with the hub checkpoints or the local directories that ``vision_name`` and ``lm_name`` name.
     """
     import hashlib
-    import os
 
-    if preset != "tiny":
-        raise ValueError(f"preset {preset!r}: the notebooks' trained model is the embedded quickstart, preset 'tiny'; "
-                         f"train {preset!r} with `minillava train --stage 1/2 --preset {preset}` (README, one GPU)")
     overrides = list(overrides or [])
     cache_dir = Path(cache_dir or os.environ.get("MINILLAVA_NOTEBOOK_CACHE", Path.home() / ".cache" / "minillava"))
     # fields left "off" ("" / False / 0) are left out of the key, so adding an opt-in feature to Config does not
     # invalidate every cached model; any field that is switched on, or any changed value, still does
-    fields = {k: v for k, v in load_config("tiny", overrides).to_dict().items() if v not in ("", False, 0, None)}
+    fields = {k: v for k, v in load_config(preset, overrides).to_dict().items() if v not in ("", False, 0, None)}
     # a model trained on other CPU kernels differs in its last digits: keep one per kernel setting
     kernels = {k: v for k, v in kernel_settings().items() if k != "threads"}
     key = hashlib.sha1(json.dumps([fields, shipped_recipe_hash(), kernels]).encode()).hexdigest()[:10]
     out = cache_dir / f"quickstart-{key}"
     if not (out / "metrics.json").is_file():
-        run_quickstart(out, overrides=overrides, progress=False, log=lambda message: None)
+        run_quickstart(out, preset=preset, overrides=overrides, progress=False, log=lambda message: None)
     return json.loads((out / "metrics.json").read_text()) | {"out_dir": str(out)}
 
 

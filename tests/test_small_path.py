@@ -279,3 +279,46 @@ def test_figures_on_a_coco_run(smol_run, tmp_path):
     measured = json.loads((tmp_path / "figures" / "measured.json").read_text())
     assert (tmp_path / "figures" / "loss_curves.png").is_file() and (tmp_path / "figures" / "attention.png").is_file()
     assert measured["figures"]
+
+
+def small_overrides(standins, coco, lm: str = "smol") -> list[str]:
+    """The notebooks' `overrides` for the small preset on the stand-ins: a few steps per stage, on the CPU."""
+    return [o for o in overrides(standins, coco, lm) if not o.startswith(("save_every", "log_every"))]
+
+
+def test_quickstart_trains_and_evaluates_on_a_held_out_coco_split(standins, coco, tmp_path):
+    from minillava.data.records import load_split
+    from minillava.quickstart import run_quickstart
+
+    before = sorted(p.name for p in coco.rglob("*"))
+    metrics = run_quickstart(tmp_path / "qs", preset="small", overrides=small_overrides(standins, coco),
+                             progress=False, log=lambda message: None)
+    data = tmp_path / "qs" / "data"
+    train, test = ({r.image_id for r in load_split(data, s)} for s in ("train", "test"))
+    assert len(test) == 1 and len(train) == 9 and not train & test  # a tenth held out, never trained on
+    trained_on = {int(Path(s["image"]).stem) for s in json.loads((data / "instruct_train.json").read_text())}
+    assert trained_on == train
+    assert sorted(p.name for p in coco.rglob("*")) == before  # the source subset is left as it was
+    assert metrics["preset"] == "small" and metrics["questions"]["all"] == 3 and "all" in metrics["accuracy"]
+    report = (tmp_path / "qs" / "report.md").read_text()
+    assert "Preset `small`" in report and (tmp_path / "qs" / "figures" / "attention.png").is_file()
+
+
+SMALL_NOTEBOOKS = ["00_overview", "02_architecture", "03_training_objective", "04_stage1_alignment",
+                   "05_stage2_instruction_tuning", "07_attention", "08_projector"]
+
+
+@pytest.mark.parametrize("name", SMALL_NOTEBOOKS)
+def test_notebook_runs_top_to_bottom_on_the_small_preset(name, standins, coco, tmp_path_factory, monkeypatch):
+    """What a GPU user does: papermill runs the notebook with `preset="small"` (README, one GPU). The stand-ins
+    have random weights, so only running through is checked; the tiny run's claims are checked by nbval."""
+    papermill = pytest.importorskip("papermill", reason="papermill runs notebooks with parameters (pip install papermill)")
+    root = Path(__file__).resolve().parents[1] / "notebooks"
+    cache = tmp_path_factory.getbasetemp() / "small-notebook-cache"  # one quickstart for all six notebooks
+    monkeypatch.setenv("MINILLAVA_NOTEBOOK_CACHE", str(cache))
+    out = tmp_path_factory.mktemp("executed") / f"{name}.ipynb"
+    papermill.execute_notebook(root / f"{name}.ipynb", out, cwd=str(root), progress_bar=False, log_output=False,
+                               kernel_name="python3",
+                               parameters={"preset": "small", "overrides": small_overrides(standins, coco)})
+    executed = json.loads(out.read_text())
+    assert executed["cells"][-1].get("execution_count") or executed["cells"][-1]["cell_type"] == "markdown"
