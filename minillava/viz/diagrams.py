@@ -68,3 +68,36 @@ def freeze_figure(parts: dict[str, int], trains: dict[int, set[str]]):
                  TRAINS if name in names else FROZEN, 8.5)
     fig.tight_layout()
     return fig
+
+
+def loss_mask_figure(ids, labels, tokenizer, image_token_id: int, title: str, per_row: int = 150):
+    """One sample's tokens as boxes (§4.2, eq. 3): green where the label carries loss, grey for context, orange for
+    the N image positions (drawn as one box). ``ids`` and ``labels`` are (T,) tensors. Returns the figure."""
+    from matplotlib.patches import Rectangle
+
+    boxes, run = [], 0
+    for token, label in zip(ids.tolist(), labels.tolist()):
+        if token == image_token_id:
+            run += 1
+            continue
+        if run:
+            boxes.append((f"<image>×{run}", "image")); run = 0
+        boxes.append((tokenizer.decode([token]).replace("\n", "⏎"), "loss" if label != -100 else "context"))
+    colours = {"loss": "#8fd18f", "context": "#e3e3e3", "image": TRAINS}
+    placed, x, y = [], 0.0, 0
+    for text, kind in boxes:
+        width = max(len(text), 1) + 1.2   # in character widths
+        if x + width > per_row:
+            x, y = 0.0, y + 1
+        placed.append((x, y, width, text, kind)); x += width
+    fig, ax = plt.subplots(figsize=(11, 0.3 * (y + 1) + 0.7))
+    for x, y_row, width, text, kind in placed:
+        ax.add_patch(Rectangle((x, -y_row - 0.8), width - 0.3, 0.7, color=colours[kind]))
+        ax.text(x + 0.45, -y_row - 0.45, text, fontsize=7.5, family="monospace", va="center")
+    ax.set_xlim(0, per_row); ax.set_ylim(-y - 1, 0); ax.axis("off")
+    handles = [Rectangle((0, 0), 1, 1, color=c) for c in colours.values()]
+    ax.legend(handles, ["carries loss", "context (label −100)", "image positions (label −100)"], fontsize=8,
+              loc="upper center", bbox_to_anchor=(0.5, 0), ncol=3, frameon=False)
+    ax.set_title(title, fontsize=9, loc="left")
+    fig.tight_layout()
+    return fig
