@@ -23,11 +23,13 @@ import urllib.request
 from pathlib import Path
 from typing import Callable
 
+from ..conversation import IMAGE_TOKEN
 from ..faults import fault_point
+from ..files import cut_torn_last_line, read_jsonl
 from .context import symbolic_context
 from .llava_json import RESPONSE_TYPES, make_sample, validate_sample, write_llava_json
 from .prompts import DETAIL_PROMPTS
-from .records import DataError, ImageRecord, read_utf8
+from .records import DataError, ImageRecord
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +134,7 @@ _LEAKS = [(re.compile(r"\bcaptions?\b", re.I), "mentions captions"),
           (re.compile(r"\[\s*-?\d*\.?\d+(\s*,\s*-?\d*\.?\d+)+\s*\]"), "contains a bracketed coordinate list"),
           (re.compile(r"\b(given|provided) (description|context|text)\b", re.I), "mentions its description"),
           (re.compile(r"\bas an ai\b", re.I), "breaks character"),
-          (re.compile(re.escape("<image>")), "contains the <image> placeholder")]
+          (re.compile(re.escape(IMAGE_TOKEN)), f"contains the {IMAGE_TOKEN} placeholder")]
 
 
 def build_messages(record: ImageRecord, response_type: str) -> list[dict]:
@@ -279,33 +281,18 @@ def _recover_jsonl(path: Path) -> set[str]:
     """Ids already written to ``path``; a torn last line (killed mid-write) is cut off first."""
     if not path.exists():
         return set()
-    data = path.read_bytes()
-    keep = data.rfind(b"\n") + 1 if not data.endswith(b"\n") else len(data)
-    lines = data[:keep].splitlines()
-    if lines and lines[-1].strip():
-        try:
-            json.loads(lines[-1])
-        except ValueError:
-            keep -= len(lines[-1]) + 1
-    if keep < len(data):
-        log.warning("%s: cutting off a truncated last line (%d bytes) from an interrupted run", path, len(data) - keep)
-        with open(path, "r+b") as f:
-            f.truncate(keep)
-            os.fsync(f.fileno())
+    cut = cut_torn_last_line(path)
+    if cut:
+        log.warning("%s: cutting off a truncated last line (%d bytes) from an interrupted run", path, cut)
     return {s["id"] for s in _read_jsonl(path)}
 
 
 def _read_jsonl(path: Path) -> list[dict]:
-    samples = []
-    for lineno, line in enumerate(read_utf8(path).splitlines(), 1):
-        if line.strip():
-            try:
-                sample = json.loads(line)
-            except ValueError as e:
-                raise DataError(f"{path}: line {lineno}: invalid JSON ({e})") from None
-            validate_sample(sample, f"{path}: line {lineno}")
-            samples.append(sample)
-    return samples
+    """The teacher's samples in ``path``, each validated (a bad one is a DataError naming its line)."""
+    rows = read_jsonl(path)
+    for lineno, sample in rows:
+        validate_sample(sample, f"{path}: line {lineno}")
+    return [sample for _, sample in rows]
 
 
 def generate_chat_instructions(records: list[ImageRecord], out_jsonl: str | Path, *, client,
