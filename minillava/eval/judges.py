@@ -29,9 +29,9 @@ from pathlib import Path
 
 from .. import paper
 from ..data.records import DataError
-from ..data.shapes import COLORS, POSITIONS, SHAPES
-from ..data.teachers import _CANDIDATES
-from ..data.teachers import positions_in
+from ..data.grid import POSITIONS
+from ..data.shapes import COLORS, SHAPES
+from ..data.teachers import KEY_WORDS, positions_in
 from .bench import CATEGORIES, answer_matches, read_answers, read_questions
 from .chat_judge import (JUDGE_SYSTEM_PROMPT, ChatJudge, JudgeFailed, MalformedVerdict,  # noqa: F401 (re-exported)
                          Verdict, VerdictCache, judge_messages, parse_verdict)
@@ -269,9 +269,9 @@ class RuleJudge:
             if kind == "position":
                 found = positions_in(words)
             elif kind == "relation":
-                found = {r for r in _CANDIDATES["relation"] if f" {r} " in words}
+                found = {r for r in KEY_WORDS["relation"] if f" {r} " in words}
             else:
-                found = {c for c in (_CANDIDATES.get(kind) or set(_CANDIDATES["count"]) | {"yes"})
+                found = {c for c in (KEY_WORDS.get(kind) or set(KEY_WORDS["count"]) | {"yes"})
                          if f" {c} " in words}
             half = False
             if kind == "position" and len(found) == 1:
@@ -279,7 +279,7 @@ class RuleJudge:
                 (r1, c1), (r2, c2) = divmod(POSITIONS.index(pos), 3), divmod(POSITIONS.index(key), 3)
                 half = r1 == r2 or c1 == c2
             elif kind == "relation":
-                wanted = {r for r in _CANDIDATES["relation"] if r in key}
+                wanted = {r for r in KEY_WORDS["relation"] if r in key}
                 half = bool(found & wanted)
             elif key in found:
                 half = True
