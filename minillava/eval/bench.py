@@ -10,7 +10,7 @@ model (or by the authors' ``model_vqa.py``) can be scored here, and ours can be 
 
 ``category`` is one of ``conv`` (a conversation question with a definite answer), ``detail`` (a "describe in
 detail" prompt) or ``complex`` (a question that needs reasoning). Readers validate every row and fail with a
-one-line :class:`~minillava.data.records.DataError` naming the file, the line and the field. Extra fields are
+one-line :class:`~minillava.files.DataError` naming the file, the line and the field. Extra fields are
 allowed, as in the published files.
 
 The embedded benchmark (:func:`make_embedded_bench`) is built from *held-out* scenes: the caller passes the

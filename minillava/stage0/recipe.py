@@ -59,8 +59,9 @@ class Stage0Config:
     lm_cells_color: bool = False        # its focus dialogues also drill "What color is the {shape}?"
 
     def recipe_version(self) -> int:
-        """The latest recipe version whose addition this config switches on (1: the tower and phase 1 only)."""
-        return max([version for version, (switch, off, _) in RECIPE_VERSIONS.items() if getattr(self, switch) != off],
+        """The latest recipe version this config uses (1: the tower and chat-LM phase 1 only)."""
+        off = self._left_out()
+        return max([version for version, (switch, _, _) in RECIPE_VERSIONS.items() if not switch.startswith(off)],
                    default=1)
 
     def hash(self) -> str:
@@ -69,11 +70,12 @@ class Stage0Config:
         Hashed are the fields of the versions this config uses: an addition left at its ``off`` setting is
         hashed as if it did not exist, so a config that reproduces an earlier version keeps that version's hash
         (``add_lm_phase`` checks a directory against it)."""
-        fields = dataclasses.asdict(self)
-        for switch, off, governs in RECIPE_VERSIONS.values():
-            if getattr(self, switch) == off:
-                fields = {k: v for k, v in fields.items() if not k.startswith(governs)}
+        fields = {k: v for k, v in dataclasses.asdict(self).items() if not k.startswith(self._left_out())}
         return hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
+
+    def _left_out(self) -> tuple[str, ...]:
+        """The fields (names or prefixes) of the additions this config leaves at their ``off`` setting."""
+        return tuple(governs for switch, off, governs in RECIPE_VERSIONS.values() if getattr(self, switch) == off)
 
 
 # What each version of the recipe added: (its switch, the switch's setting that reproduces the version before, the
