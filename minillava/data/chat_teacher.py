@@ -6,6 +6,9 @@ description or a complex-reasoning question and answer (§3). The prompt is a sy
 hand-written seeds as (user = context, assistant = response) pairs — 2 for conversation (captions only), 3 for
 detail, 3 for reasoning — then the query context. The seeds below are this project's own, written for its
 coloured-shape scenes with one COCO-like scene per type. Only the standard library talks to the server.
+
+Longer than most modules because a quarter of it is the prompts and seeds themselves, kept beside the parser
+that checks each reply against what they ask for.
 """
 
 from __future__ import annotations
