@@ -287,10 +287,10 @@ def _recover_jsonl(path: Path) -> set[str]:
     cut = cut_torn_last_line(path)
     if cut:
         log.warning("%s: cutting off a truncated last line (%d bytes) from an interrupted run", path, cut)
-    return {s["id"] for s in _read_jsonl(path)}
+    return {s["id"] for s in _validated_samples(path)}
 
 
-def _read_jsonl(path: Path) -> list[dict]:
+def _validated_samples(path: Path) -> list[dict]:
     """The teacher's samples in ``path``, each validated (a bad one is a DataError naming its line)."""
     rows = read_jsonl(path)
     for lineno, sample in rows:
@@ -358,7 +358,7 @@ def generate_chat_instructions(records: list[ImageRecord], out_jsonl: str | Path
 
 def jsonl_to_llava_json(jsonl: str | Path, json_path: str | Path) -> Path:
     """The generated JSONL as the final LLaVA JSON list (one sample per id, in file order)."""
-    samples = _read_jsonl(Path(jsonl))
+    samples = _validated_samples(Path(jsonl))
     seen: set[str] = set()
     for s in samples:
         if s["id"] in seen:
