@@ -53,7 +53,6 @@ def text_sample(record, rng: random.Random, scene: str | None = None) -> dict:
     return sample
 
 
-
 def fit_lm(lm, tokenizer, draw, rng: random.Random, *, steps: int, batch: int, lr: float, warmup: float,
            max_length: int, desc: str, report) -> LlamaForCausalLM:
     """AdamW + warmup/cosine on text dialogues ``draw(rng)`` in the stage-2 template; ``report(step, loss)`` logs."""
@@ -65,7 +64,8 @@ def fit_lm(lm, tokenizer, draw, rng: random.Random, *, steps: int, batch: int, l
         samples = [draw(rng) for _ in range(batch)]  # a sample may bring its own template (stage-1 "plain")
         items = [tokenize_conversation(x, tokenizer, x.pop("template", template), image_tokens=1,
                                        max_length=max_length) for x in samples]
-        loss = lm(**{k: v.to(lm.device) for k, v in pad_right(items, tokenizer.pad_token_id).items()}).loss
+        padded = pad_right(items, tokenizer.pad_token_id)  # (B, L); labels -100 outside the answers, as in eq. 3
+        loss = lm(**{k: v.to(lm.device) for k, v in padded.items()}).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(lm.parameters(), 1.0)
         opt.step(), sched.step(), opt.zero_grad(set_to_none=True)
@@ -133,7 +133,6 @@ def focus_chat_lm(cfg, lm, scenes, tokenizer, held_out=None, log=print) -> Llama
                   lambda rng: (focus_sample if rng.random() < 0.7 else text_sample)(rng.choice(scenes)[0], rng),
                   random.Random(cfg.seed + 2), steps=steps, batch=cfg.lm_focus_batch, lr=cfg.lm_focus_lr,
                   warmup=0.05, max_length=cfg.max_length, desc="stage 0b: chat LM, focus phase", report=report)
-
 
 
 @torch.no_grad()

@@ -36,6 +36,8 @@ from .vocab import cell_words_chat_lm, in_cell_words
 
 @dataclass
 class Stage0Config:
+    """Every setting of the stage-0 recipe; the defaults made the shipped stand-ins (``recipe.json``)."""
+
     seed: int = 0
     image_size: int = 96
     scenes: int = 8000          # base scenes (train bucket only: held-out layouts are never seen)

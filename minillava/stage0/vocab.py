@@ -27,6 +27,7 @@ from ..data.llava_json import make_sample
 from ..data.shapes import COLORS, SHAPES, SIZES, Shape
 from .lm import FOCUS_KINDS, fit_lm, focus_sample, text_qa_accuracy, text_sample
 
+# what a cell can hold: nothing, or one of 2 sizes × 6 colours × 6 shapes (73 in all)
 EMPTY_CELL = "<empty>"
 WHATS = [EMPTY_CELL] + [f"<{size}-{color}-{shape}>" for size in SIZES for color in COLORS for shape in SHAPES]
 
