@@ -208,12 +208,20 @@ def padding_tokens(lengths: list[int], batch_rows: list[list[int]]) -> int:
 def compute_features(model, image_root: Path, names: list[str], processor, batch_size: int = 64,
                      device: str = "cpu", progress: bool = True) -> torch.Tensor:
     """Z_v for every image once, through the frozen tower: (num_images, N, Dv) on the CPU."""
+    model.vision.to(device)  # g is frozen: computing Z_v where the run trains, before the trainer moves the rest
+    return features_of_files(model, processor, [Path(image_root) / name for name in names], batch_size=batch_size,
+                             device=device, progress=progress)
+
+
+@torch.no_grad()
+def features_of_files(model, processor, paths: list[Path], *, batch_size: int = 64, device="cpu",
+                      progress: bool = False) -> torch.Tensor:
+    """Image files → pixels (the CLIP processor) → Z_v = g(X_v) (§4.1): (len(paths), N, Dv), on the CPU."""
     from tqdm.auto import tqdm
 
-    model.vision.to(device)  # g is frozen: computing Z_v where the run trains, before the trainer moves the rest
     out = []
-    for i in tqdm(range(0, len(names), batch_size), desc="image features", disable=not progress):
-        images = [load_image(Path(image_root) / name) for name in names[i:i + batch_size]]
+    for i in tqdm(range(0, len(paths), batch_size), desc="image features", disable=not progress):
+        images = [load_image(path) for path in paths[i:i + batch_size]]
         pixels = processor(images=images, return_tensors="pt")["pixel_values"].to(device, model.vision.dtype)
         out.append(model.image_features(pixels).float().cpu())
     if not out:

@@ -239,17 +239,12 @@ def answer_bench(model, processor, questions: list[dict], image_root: str | Path
     Image features are computed once per distinct image (the tower is frozen); questions are then answered
     ``batch_size`` at a time with :func:`minillava.inference.answer_batch`.
     """
-    from ..data.dataset import load_image
+    from ..data.dataset import features_of_files
     from ..inference import answer_batch
 
-    device = next(model.parameters()).device
     names = list(dict.fromkeys(q["image"] for q in questions))
-    features = {}
-    for i in range(0, len(names), batch_size):
-        chunk = names[i:i + batch_size]
-        images = [load_image(resolve_image(image_root, name)) for name in chunk]
-        pixels = processor(images=images, return_tensors="pt")["pixel_values"].to(device, model.vision.dtype)
-        features.update(zip(chunk, model.image_features(pixels).float().cpu()))
+    features = dict(zip(names, features_of_files(model, processor, [resolve_image(image_root, n) for n in names],
+                                                 batch_size=batch_size, device=next(model.parameters()).device)))
     rows = []
     starts = range(0, len(questions), batch_size)
     if progress:
