@@ -109,15 +109,15 @@ def train_lm(name: str, work: Path, record: Recorder, smoke: bool) -> Path:
     import torch
     from transformers import AutoTokenizer, LlamaForCausalLM
 
-    from minillava import stage0
+    from minillava import stage0  # stage0.lm.scene_in_words is the one lm.py reads: patch it there
     from minillava.model.backbones import tiny_lm_config
 
     shape, fmt, focus_mult = LM_VARIANTS[name]
-    caption_format = stage0.scene_in_words
+    caption_format = stage0.lm.scene_in_words
     if fmt == "attributes_after_name":
-        stage0.scene_in_words = attributes_after_name  # every text-only sample and the text QA check use it
+        stage0.lm.scene_in_words = attributes_after_name  # every text-only sample and the text QA check use it
     elif fmt == "mixed":  # each scene in one of the two formats, fixed per scene so the text QA check is stable
-        stage0.scene_in_words = lambda r: (attributes_after_name if r.image_id % 2 else caption_format)(r)
+        stage0.lm.scene_in_words = lambda r: (attributes_after_name if r.image_id % 2 else caption_format)(r)
     cfg = stage0.Stage0Config()
     cfg = dataclasses.replace(cfg, lm_focus_steps=cfg.lm_focus_steps * focus_mult)
     if smoke:
@@ -125,7 +125,7 @@ def train_lm(name: str, work: Path, record: Recorder, smoke: bool) -> Path:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     scenes, held_out = stage0.recipe_scenes(cfg)
     tokenizer = AutoTokenizer.from_pretrained(ASSETS / "lm")
-    record("example_scene", stage0.scene_in_words(scenes[0][0]))
+    record("example_scene", stage0.lm.scene_in_words(scenes[0][0]))
     torch.manual_seed(cfg.seed)
     config = tiny_lm_config(len(tokenizer), tokenizer)
     for k, v in shape.items():
@@ -146,7 +146,7 @@ def train_lm(name: str, work: Path, record: Recorder, smoke: bool) -> Path:
     record("text_qa_majority", {k: v["majority"] for k, v in qa.items()})
     if fmt == "mixed":  # and each format on its own, to compare with the one-format LMs
         for label, fn in (("caption", caption_format), ("attributes_after_name", attributes_after_name)):
-            stage0.scene_in_words = fn
+            stage0.lm.scene_in_words = fn
             record(f"text_qa_{label}", {k: v["accuracy"] for k, v in
                                          stage0.text_qa_accuracy(lm, tokenizer, held_out).items()})
     lm_dir = work / "lm"

@@ -1,4 +1,8 @@
-"""`minillava …` — a thin command-line layer over the package's functions."""
+"""`minillava …` — a thin command-line layer over the package's functions.
+
+Longer than most modules because it is every subcommand's parser and its few-line handler, side by side, so a
+flag's help text and what it does are read together.
+"""
 
 from __future__ import annotations
 

@@ -6,18 +6,8 @@ from pathlib import Path
 
 import torch
 
-from .conversation import CHAT, for_tokenizer, get_template, prompt_ids, stop_token_ids
-from .data.dataset import load_image
-
-
-def left_pad(prompts: list[torch.Tensor], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stack prompts of different lengths, padded on the left so every row ends where generation starts."""
-    length = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), length), pad_id)
-    mask = torch.zeros((len(prompts), length), dtype=torch.long)
-    for row, p in enumerate(prompts):
-        ids[row, length - len(p):], mask[row, length - len(p):] = p, 1
-    return ids, mask
+from .conversation import CHAT, IMAGE_TOKEN, for_tokenizer, get_template, prompt_ids, stop_token_ids
+from .data.dataset import left_pad, load_image
 
 
 @torch.no_grad()
@@ -33,9 +23,9 @@ def answer_batch(model, questions: list[str], *, image_features: torch.Tensor | 
     for i, question in enumerate(questions):
         turns = list(history[i]) if history else []
         if turns:  # the image belongs to the first human turn of the conversation
-            turns[0] = (f"<image>\n{turns[0][0]}", turns[0][1])
+            turns[0] = (f"{IMAGE_TOKEN}\n{turns[0][0]}", turns[0][1])
         else:
-            question = f"<image>\n{question}"
+            question = f"{IMAGE_TOKEN}\n{question}"
         prompts.append(prompt_ids(question, model.tokenizer, tmpl, image_tokens=model.num_image_tokens,
                                   history=turns))
     ids, mask = left_pad(prompts, model.tokenizer.pad_token_id)

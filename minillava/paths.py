@@ -2,7 +2,7 @@
 
 Each path argument says what it wants (``type=PathArg(...)`` in :mod:`minillava.cli`): a file or a folder to
 read, or a file or a folder to write. :func:`check_paths` checks every one the chosen command was given and
-raises a one-line :class:`~minillava.data.records.DataError` naming the flag, the path and what is wrong — a
+raises a one-line :class:`~minillava.files.DataError` naming the flag, the path and what is wrong — a
 file where a folder is wanted (or the other way round), nothing there, a place that cannot be written, or a
 folder that holds something else (a model folder without a model; an output folder with other files in it).
 """
@@ -13,7 +13,7 @@ import argparse
 import os
 from pathlib import Path
 
-from .data.records import DataError
+from .files import DataError
 
 MODEL_FILES = ("config.json", "model.safetensors")
 

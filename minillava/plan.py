@@ -45,13 +45,13 @@ def backbone_configs(cfg) -> tuple[object, object, str]:
     """(vision config, LM config, where they came from) for ``cfg.vision_name`` / ``cfg.lm_name``."""
     from transformers import AutoConfig, CLIPVisionConfig
 
-    from .model.backbones import _resolve
+    from .model.backbones import backbone_path
     from .model.known import KNOWN, known_config
 
     sources = []
 
     def load(name: str, part: str):
-        path = _resolve(name, part) if name == "tiny" else name
+        path = backbone_path(name, part) if name == "tiny" else name
         if Path(path).is_dir() or name not in KNOWN:
             try:
                 config = CLIPVisionConfig.from_pretrained(path) if part == "vision" else AutoConfig.from_pretrained(path)

@@ -1,13 +1,14 @@
 """Diagnostics of what a model learned: what it says per question form (habits), and what W keeps of each attribute."""
 
 import random
+from collections import Counter
 
 import pytest
 import torch
 
 from minillava.data.shapes import generate_split
 from minillava.data.teachers import answer_is_correct, scene_questions, stated_answer
-from minillava.eval.accuracy import answer_habits, question_form
+from minillava.eval.accuracy import answer_habits, heldout_questions, question_form, wilson
 from minillava.viz.projector import attribute_variance, explained_share
 
 
@@ -74,3 +75,17 @@ def test_attribute_variance_reports_each_attribute_before_and_after_the_projecto
     assert set(shares) == {"Z_v", "H_v"} and all(set(s) == {"color", "shape", "size", "cell"} for s in shares.values())
     assert shares["Z_v"]["shape"] == 0.0  # one shape only: it explains nothing
     assert all(0.0 <= v <= 1.0 for s in shares.values() for v in s.values())
+
+
+def test_heldout_questions_are_fixed_per_seed_and_spread_over_every_scene_and_many_kinds():
+    records = [record for record, _, _ in generate_split(40, "test", seed=3)]
+    rows = heldout_questions(records, per_image=3)
+    assert rows == heldout_questions(records, per_image=3) != heldout_questions(records, per_image=3, seed=7)
+    assert len({r.file_name for r, _ in rows}) == 40 and all(n <= 3 for n in Counter(r.file_name for r, _ in rows).values())
+    assert {"count", "color", "position"} <= {qa.kind for _, qa in rows}
+
+
+def test_wilson_interval_holds_the_proportion_and_stays_inside_zero_and_one():
+    assert wilson(200, 200)[1] == 1.0 and wilson(0, 200)[0] == 0.0 and wilson(0, 0) == (0.0, 0.0)
+    low, high = wilson(30, 100)
+    assert low < 0.3 < high and high - low < 0.2

@@ -102,6 +102,19 @@ def test_hard_negative_twin_differs_in_exactly_one_attribute():
         assert len(changed) == 2  # one object out, its modified copy in
 
 
+def test_a_config_that_leaves_a_later_addition_off_hashes_as_the_recipe_version_before_it():
+    import hashlib
+
+    def version1_hash(cfg):  # the hash before any of the additions existed: the fields of version 1 only
+        fields = {k: v for k, v in dataclasses.asdict(cfg).items() if not k.startswith(("lm_focus_", "lm_cells_"))}
+        return hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
+    phase1 = Stage0Config(lm_focus_steps=0, lm_cells_steps=0, lm_focus_lr=1.0, lm_cells_where=True)
+    assert phase1.recipe_version() == 1 and phase1.hash() == version1_hash(phase1)
+    assert Stage0Config().recipe_version() == 4  # cell words that name their cell; no colour drill
+    assert Stage0Config(lm_cells_color=True).recipe_version() == 5
+    assert Stage0Config(lm_cells_color=True).hash() != Stage0Config().hash()
+
+
 @pytest.mark.skipif(not (TINY_DIR / "recipe.json").is_file(), reason="no shipped tiny backbones in this checkout")
 def test_shipped_weights_match_the_recipe():
     recipe = json.loads((TINY_DIR / "recipe.json").read_text())

@@ -6,6 +6,9 @@ description or a complex-reasoning question and answer (§3). The prompt is a sy
 hand-written seeds as (user = context, assistant = response) pairs — 2 for conversation (captions only), 3 for
 detail, 3 for reasoning — then the query context. The seeds below are this project's own, written for its
 coloured-shape scenes with one COCO-like scene per type. Only the standard library talks to the server.
+
+Longer than most modules because a quarter of it is the prompts and seeds themselves, kept beside the parser
+that checks each reply against what they ask for.
 """
 
 from __future__ import annotations
@@ -23,11 +26,13 @@ import urllib.request
 from pathlib import Path
 from typing import Callable
 
+from ..conversation import IMAGE_TOKEN
 from ..faults import fault_point
+from ..files import cut_torn_last_line, read_jsonl
 from .context import symbolic_context
 from .llava_json import RESPONSE_TYPES, make_sample, validate_sample, write_llava_json
 from .prompts import DETAIL_PROMPTS
-from .records import DataError, ImageRecord, read_utf8
+from .records import DataError, ImageRecord
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +137,7 @@ _LEAKS = [(re.compile(r"\bcaptions?\b", re.I), "mentions captions"),
           (re.compile(r"\[\s*-?\d*\.?\d+(\s*,\s*-?\d*\.?\d+)+\s*\]"), "contains a bracketed coordinate list"),
           (re.compile(r"\b(given|provided) (description|context|text)\b", re.I), "mentions its description"),
           (re.compile(r"\bas an ai\b", re.I), "breaks character"),
-          (re.compile(re.escape("<image>")), "contains the <image> placeholder")]
+          (re.compile(re.escape(IMAGE_TOKEN)), f"contains the {IMAGE_TOKEN} placeholder")]
 
 
 def build_messages(record: ImageRecord, response_type: str) -> list[dict]:
@@ -279,33 +284,18 @@ def _recover_jsonl(path: Path) -> set[str]:
     """Ids already written to ``path``; a torn last line (killed mid-write) is cut off first."""
     if not path.exists():
         return set()
-    data = path.read_bytes()
-    keep = data.rfind(b"\n") + 1 if not data.endswith(b"\n") else len(data)
-    lines = data[:keep].splitlines()
-    if lines and lines[-1].strip():
-        try:
-            json.loads(lines[-1])
-        except ValueError:
-            keep -= len(lines[-1]) + 1
-    if keep < len(data):
-        log.warning("%s: cutting off a truncated last line (%d bytes) from an interrupted run", path, len(data) - keep)
-        with open(path, "r+b") as f:
-            f.truncate(keep)
-            os.fsync(f.fileno())
-    return {s["id"] for s in _read_jsonl(path)}
+    cut = cut_torn_last_line(path)
+    if cut:
+        log.warning("%s: cutting off a truncated last line (%d bytes) from an interrupted run", path, cut)
+    return {s["id"] for s in _validated_samples(path)}
 
 
-def _read_jsonl(path: Path) -> list[dict]:
-    samples = []
-    for lineno, line in enumerate(read_utf8(path).splitlines(), 1):
-        if line.strip():
-            try:
-                sample = json.loads(line)
-            except ValueError as e:
-                raise DataError(f"{path}: line {lineno}: invalid JSON ({e})") from None
-            validate_sample(sample, f"{path}: line {lineno}")
-            samples.append(sample)
-    return samples
+def _validated_samples(path: Path) -> list[dict]:
+    """The teacher's samples in ``path``, each validated (a bad one is a DataError naming its line)."""
+    rows = read_jsonl(path)
+    for lineno, sample in rows:
+        validate_sample(sample, f"{path}: line {lineno}")
+    return [sample for _, sample in rows]
 
 
 def generate_chat_instructions(records: list[ImageRecord], out_jsonl: str | Path, *, client,
@@ -368,7 +358,7 @@ def generate_chat_instructions(records: list[ImageRecord], out_jsonl: str | Path
 
 def jsonl_to_llava_json(jsonl: str | Path, json_path: str | Path) -> Path:
     """The generated JSONL as the final LLaVA JSON list (one sample per id, in file order)."""
-    samples = _read_jsonl(Path(jsonl))
+    samples = _validated_samples(Path(jsonl))
     seen: set[str] = set()
     for s in samples:
         if s["id"] in seen:

@@ -28,7 +28,8 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from minillava.faults import fault_point
-from minillava.data.records import DataError, _read_json, _write_json, annotation_paths, verify_image
+from ..files import DataError, write_json
+from .records import annotation_paths, read_coco_json, verify_image
 
 BASE_URL = "http://images.cocodataset.org"
 
@@ -216,7 +217,7 @@ def make_subset(coco_root: str | Path, split: str, out_dir: str | Path, limit: i
     """
     coco_root, out_dir = Path(coco_root), Path(out_dir)
     cap_src, inst_src = annotation_paths(coco_root, split)
-    captions, instances = _read_json(cap_src), _read_json(inst_src)
+    captions, instances = read_coco_json(cap_src), read_coco_json(inst_src)
     with_captions = {ann.get("image_id") for ann in captions["annotations"] if isinstance(ann, dict)}
     by_id = {img["id"]: img for img in instances["images"]
              if isinstance(img, dict) and img.get("id") in with_captions}
@@ -249,8 +250,8 @@ def make_subset(coco_root: str | Path, split: str, out_dir: str | Path, limit: i
     cap_out, inst_out = annotation_paths(out_dir, split)
     cap_out.parent.mkdir(parents=True, exist_ok=True)
     cap_sub, inst_sub = subset(captions), subset(instances)
-    _write_json(cap_out, cap_sub)
-    _write_json(inst_out, inst_sub)
+    write_json(cap_out, cap_sub)
+    write_json(inst_out, inst_sub)
     return {"images": len(chosen), "captions": len(cap_sub["annotations"]),
             "instances": len(inst_sub["annotations"]), "skipped": skipped}
 

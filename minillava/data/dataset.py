@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from ..conversation import IGNORE_INDEX, Template, tokenize_conversation
+from ..conversation import IGNORE_INDEX, IMAGE_TOKEN, Template, tokenize_conversation
 from .llava_json import make_sample
 from .prompts import BRIEF_PROMPTS
 from .records import DataError, ImageRecord
@@ -58,7 +58,7 @@ class InstructDataset:
                 if (item["labels"] != IGNORE_INDEX).sum() == 0:
                     raise DataError(f"{source}: record {i} (id={sample.get('id')}): longer than max_length="
                                     f"{max_length} and nothing of its answer is left after truncation")
-                if (item["input_ids"] == tokenizer.convert_tokens_to_ids("<image>")).sum() % image_tokens:
+                if (item["input_ids"] == tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)).sum() % image_tokens:
                     raise DataError(f"{source}: record {i} (id={sample.get('id')}): truncation at max_length="
                                     f"{max_length} cuts through the image tokens")
             self.items.append(item)
@@ -111,15 +111,7 @@ class InstructDataset:
 
     def collate(self, indices: list[int]) -> dict[str, torch.Tensor]:
         """Right-padded ids, labels (-100 on padding), attention mask, and the samples' image features."""
-        items = [self.items[i] for i in indices]
-        length = max(len(x["input_ids"]) for x in items)
-        ids = torch.full((len(items), length), self.pad_id)
-        labels = torch.full((len(items), length), IGNORE_INDEX)
-        mask = torch.zeros((len(items), length), dtype=torch.long)
-        for row, x in enumerate(items):
-            n = len(x["input_ids"])
-            ids[row, :n], labels[row, :n], mask[row, :n] = x["input_ids"], x["labels"], 1
-        batch = {"input_ids": ids, "labels": labels, "attention_mask": mask}
+        batch = pad_right([self.items[i] for i in indices], self.pad_id)
         with_image = [self.image_index[self.image_of[i]] for i in indices if self.image_of[i]]
         if with_image:
             if self.features is None:
@@ -161,6 +153,30 @@ class InstructDataset:
         return batch
 
 
+def pad_right(items: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
+    """Tokenised samples → a training batch: ids, labels (-100 on padding) and attention mask, all (B, L)."""
+    length = max(len(x["input_ids"]) for x in items)
+    ids = torch.full((len(items), length), pad_id)
+    labels = torch.full((len(items), length), IGNORE_INDEX)
+    mask = torch.zeros((len(items), length), dtype=torch.long)
+    for row, x in enumerate(items):
+        n = len(x["input_ids"])
+        ids[row, :n], labels[row, :n], mask[row, :n] = x["input_ids"], x["labels"], 1
+    return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+
+def left_pad(prompts: list[torch.Tensor], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack prompts of different lengths, padded on the left so every row ends where generation starts.
+
+    Returns ids and attention mask, both (B, L)."""
+    length = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), length), pad_id)
+    mask = torch.zeros((len(prompts), length), dtype=torch.long)
+    for row, p in enumerate(prompts):
+        ids[row, length - len(p):], mask[row, length - len(p):] = p, 1
+    return ids, mask
+
+
 def pack_rows(lengths: list[int], capacity: int) -> list[list[int]]:
     """Positions into ``lengths`` grouped into as few rows of ≤ ``capacity`` tokens as fit, of similar fill.
 
@@ -192,12 +208,20 @@ def padding_tokens(lengths: list[int], batch_rows: list[list[int]]) -> int:
 def compute_features(model, image_root: Path, names: list[str], processor, batch_size: int = 64,
                      device: str = "cpu", progress: bool = True) -> torch.Tensor:
     """Z_v for every image once, through the frozen tower: (num_images, N, Dv) on the CPU."""
+    model.vision.to(device)  # g is frozen: computing Z_v where the run trains, before the trainer moves the rest
+    return features_of_files(model, processor, [Path(image_root) / name for name in names], batch_size=batch_size,
+                             device=device, progress=progress)
+
+
+@torch.no_grad()
+def features_of_files(model, processor, paths: list[Path], *, batch_size: int = 64, device="cpu",
+                      progress: bool = False) -> torch.Tensor:
+    """Image files → pixels (the CLIP processor) → Z_v = g(X_v) (§4.1): (len(paths), N, Dv), on the CPU."""
     from tqdm.auto import tqdm
 
-    model.vision.to(device)  # g is frozen: computing Z_v where the run trains, before the trainer moves the rest
     out = []
-    for i in tqdm(range(0, len(names), batch_size), desc="image features", disable=not progress):
-        images = [load_image(Path(image_root) / name) for name in names[i:i + batch_size]]
+    for i in tqdm(range(0, len(paths), batch_size), desc="image features", disable=not progress):
+        images = [load_image(path) for path in paths[i:i + batch_size]]
         pixels = processor(images=images, return_tensors="pt")["pixel_values"].to(device, model.vision.dtype)
         out.append(model.image_features(pixels).float().cpu())
     if not out:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import re
 import uuid
 from pathlib import Path
@@ -29,7 +28,7 @@ import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
-from .records import DataError
+from ..files import DataError, file_sha1, write_atomic
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 PROCESSOR_FIELDS = ("do_resize", "size", "resample", "do_center_crop", "crop_size", "do_rescale", "rescale_factor",
@@ -41,15 +40,12 @@ def sha1_bytes(data: bytes) -> str:
     return hashlib.sha1(data).hexdigest()
 
 
-def file_sha1(path: Path) -> str:
-    h = hashlib.sha1()
+def image_sha1(path: Path) -> str:
+    """sha1 of an image file's bytes: the cache's key for it; a missing image is a one-line DataError."""
     try:
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
+        return file_sha1(path)
     except FileNotFoundError:
         raise DataError(f"{path}: image file not found") from None
-    return h.hexdigest()
 
 
 def weights_sha1(module: torch.nn.Module) -> str:
@@ -72,22 +68,6 @@ def feature_key(vision: torch.nn.Module, processor, *, name: str, select_layer: 
             "vision_dtype": str(next(vision.parameters()).dtype).replace("torch.", ""),
             "image_size": int(vision.config.image_size), "select_layer": int(select_layer), "keep_cls": bool(keep_cls),
             "processor": {k: settings[k] for k in PROCESSOR_FIELDS if k in settings}, "dtype": dtype}
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """tmp file → fsync → rename → fsync the directory: a reader sees the old file or the new one, never half."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
-    with contextlib.suppress(OSError):  # directories cannot be opened for fsync on every platform
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 @contextlib.contextmanager
@@ -116,7 +96,7 @@ class FeatureCache:
         self.key, self.dtype, self.shard_images, self.log = key, DTYPES[key["dtype"]], shard_images, log
         self.dir.mkdir(parents=True, exist_ok=True)
         if not (self.dir / "key.json").is_file():
-            _atomic_write(self.dir / "key.json", json.dumps(key, indent=1, default=str).encode())
+            write_atomic(self.dir / "key.json", json.dumps(key, indent=1, default=str), durable=True)
         self.hits = self.misses = 0
 
     @classmethod
@@ -140,7 +120,7 @@ class FeatureCache:
         return {"format": FORMAT, "shards": {}, "entries": {}}
 
     def _write_index(self, index: dict) -> None:
-        _atomic_write(self.dir / "index.json", json.dumps(index, indent=0, sort_keys=True).encode())
+        write_atomic(self.dir / "index.json", json.dumps(index, indent=0, sort_keys=True), durable=True)
 
     def _load_shard(self, index: dict, shard: str) -> dict[str, torch.Tensor] | None:
         """The shard's tensors, or None (after a one-line warning) when its bytes do not match the index."""
@@ -163,7 +143,7 @@ class FeatureCache:
         ``compute(names)`` runs the tower on the images that are not cached; its result is stored before it is
         returned, in shards of ``shard_images`` images.
         """
-        hashes = [file_sha1(Path(image_root) / n) for n in names]
+        hashes = [image_sha1(Path(image_root) / n) for n in names]
         with _locked(self.dir):
             index = self._read_index()
             found: dict[str, torch.Tensor] = {}
@@ -188,7 +168,7 @@ class FeatureCache:
                 stored = {name_hash[n]: f.to(self.dtype).contiguous() for n, f in zip(chunk, features)}
                 data = save_safetensors(stored)
                 shard = f"shard-{uuid.uuid4().hex[:12]}.safetensors"
-                _atomic_write(self.dir / shard, data)
+                write_atomic(self.dir / shard, data, durable=True)
                 index["shards"][shard] = {"sha1": sha1_bytes(data), "bytes": len(data), "count": len(stored)}
                 index["entries"].update({h: shard for h in stored})
                 self._write_index(index)

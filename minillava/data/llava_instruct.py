@@ -22,8 +22,9 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from .llava_json import IMAGE_TOKEN, RESPONSE_TYPES, validate_sample, write_llava_json
-from .records import DataError, load_split, read_utf8
+from ..conversation import IMAGE_TOKEN
+from .llava_json import RESPONSE_TYPES, read_samples, validate_sample, write_llava_json
+from .records import DataError, load_split
 
 TINY_TOKENIZER = Path(__file__).resolve().parent.parent / "assets" / "tiny" / "lm"
 
@@ -115,21 +116,6 @@ def filter_llava_instruct(samples: list, file_names: set[str], *, source: str = 
     return kept, report
 
 
-def read_samples(path: str | Path) -> list:
-    """The published file: one JSON list (``.json``) or one sample per line (``.jsonl``)."""
-    path = Path(path)
-    text = read_utf8(path)
-    try:
-        if path.suffix == ".jsonl":
-            return [json.loads(line) for line in text.splitlines() if line.strip()]
-        samples = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
-    if not isinstance(samples, list):
-        raise DataError(f"{path}: expected a JSON list of samples, got {type(samples).__name__}")
-    return samples
-
-
 def prepare_llava_instruct(json_path: str | Path, coco_dir: str | Path, out: str | Path, *, split: str = "train2017",
                            tokenizer: str | None = None, template: str = "vicuna_v1",
                            response_type: str | None = None) -> dict:
@@ -157,7 +143,7 @@ def format_report(report: dict) -> str:
         example = report["examples"].get(reason, [""])[0]
         lines.append(f"  dropped {count:>7}  {reason}" + (f"  (e.g. {example})" if example else ""))
     if report["image_moved_to_front"]:
-        lines.append(f"  moved <image> to the front of the first question in {report['image_moved_to_front']} samples")
+        lines.append(f"  moved {IMAGE_TOKEN} to the front of the first question in {report['image_moved_to_front']} samples")
     if report.get("template_checked"):
         lines.append(f"  tokenisation checked under the {report['template_checked']} template")
     return "\n".join(lines)

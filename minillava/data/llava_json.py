@@ -17,9 +17,9 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from .records import DataError, read_utf8
+from ..conversation import IMAGE_TOKEN
+from ..files import DataError, read_jsonl, read_utf8, write_json
 
-IMAGE_TOKEN = "<image>"
 RESPONSE_TYPES = ("conv", "detail", "complex")
 
 
@@ -66,25 +66,23 @@ def validate_sample(sample: object, where: str) -> None:
         raise DataError(f"{tag}: has {IMAGE_TOKEN} but no field 'image'")
 
 
+def read_samples(path: str | Path) -> list:
+    """The samples of a LLaVA JSON file (one list) or ``.jsonl`` file (one sample per line), not yet validated."""
+    path = Path(path)
+    if path.suffix == ".jsonl":
+        return [sample for _, sample in read_jsonl(path)]
+    try:
+        samples = json.loads(read_utf8(path))
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
+    if not isinstance(samples, list):
+        raise DataError(f"{path}: expected a JSON list of samples, got {type(samples).__name__}")
+    return samples
+
+
 def read_llava_json(path: str | Path, *, skip_bad: bool = False, skipped: list[str] | None = None) -> list[dict]:
     """Load and validate a LLaVA JSON file (a list of samples). ``.jsonl`` (one sample per line) also works."""
-    path = Path(path)
-    text = read_utf8(path)
-    if path.suffix == ".jsonl":
-        samples = []
-        for lineno, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    samples.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{path}: line {lineno}: invalid JSON: {e.msg}") from None
-    else:
-        try:
-            samples = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
-        if not isinstance(samples, list):
-            raise DataError(f"{path}: expected a JSON list of samples, got {type(samples).__name__}")
+    samples = read_samples(path)
     kept = []
     for i, sample in enumerate(samples):
         try:
@@ -101,12 +99,7 @@ def read_llava_json(path: str | Path, *, skip_bad: bool = False, skipped: list[s
 
 def write_llava_json(path: str | Path, samples: list[dict]) -> Path:
     """Write samples as one JSON list, atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(samples, indent=1, ensure_ascii=False), encoding="utf-8")
-    tmp.replace(path)
-    return path
+    return write_json(path, samples, indent=1, ensure_ascii=False)
 
 
 def dataset_stats(samples: list[dict]) -> dict:

@@ -16,9 +16,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
-class DataError(ValueError):
-    """Bad input data: the message names the file, the record and the field."""
+from ..files import DataError, read_utf8, write_json  # DataError and read_utf8: imported from here too
 
 
 @dataclass
@@ -60,19 +58,8 @@ def image_path(root: str | Path, record: ImageRecord) -> Path:
     return Path(root) / "images" / record.file_name
 
 
-def read_utf8(path: Path) -> str:
-    """The file's text (a leading UTF-8 BOM dropped); a missing file or non-UTF-8 bytes are a one-line DataError."""
-    try:
-        return path.read_bytes().decode("utf-8-sig")
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not UTF-8 text (byte {e.start})") from None
-    except OSError as e:  # a directory, no permission ...
-        raise DataError(f"{path}: cannot read ({e.strerror or e.__class__.__name__})") from None
-
-
-def _read_json(path: Path) -> dict:
+def read_coco_json(path: Path) -> dict:
+    """A COCO annotation file: one JSON object with lists 'images' and 'annotations'; else a DataError."""
     text = read_utf8(path)
     try:
         data = json.loads(text)
@@ -107,7 +94,7 @@ def load_split(root: str | Path, split: str, *, skip_bad: bool = False,
     ``check_images`` also opens every image file to catch missing or corrupt pictures.
     """
     cap_path, inst_path = annotation_paths(root, split)
-    captions_json, instances_json = _read_json(cap_path), _read_json(inst_path)
+    captions_json, instances_json = read_coco_json(cap_path), read_coco_json(inst_path)
     skipped = skipped if skipped is not None else []
 
     def bad(message: str) -> None:
@@ -217,14 +204,7 @@ def write_split(root: str | Path, split: str, records: list[ImageRecord], catego
                 ann["attributes"] = obj.attributes
             instance_anns.append(ann)
     base = {"info": info, "licenses": licenses, "images": images}
-    _write_json(cap_path, {**base, "annotations": caption_anns})
-    _write_json(inst_path, {**base, "annotations": instance_anns,
-                            "categories": [{"id": i, "name": n, "supercategory": "shape"} for n, i in cat_ids.items()]})
+    write_json(cap_path, {**base, "annotations": caption_anns})
+    write_json(inst_path, {**base, "annotations": instance_anns,
+                          "categories": [{"id": i, "name": n, "supercategory": "shape"} for n, i in cat_ids.items()]})
     return cap_path, inst_path
-
-
-def _write_json(path: Path, data: object) -> None:
-    """Write atomically: a reader never sees a half-written file."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data), encoding="utf-8")
-    tmp.replace(path)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
+from .grid import GRID, POSITIONS, cell_of_box, relation
 from .records import ImageRecord, ObjectRecord, write_split
 from .words import count_phrase, join_words
 
@@ -28,9 +29,6 @@ SHAPES = ("circle", "square", "triangle", "star", "hexagon", "cross")
 COLORS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220),
           "yellow": (235, 200, 30), "purple": (140, 60, 180), "orange": (245, 130, 20)}
 SIZES = {"large": 0.80, "small": 0.45}  # side of the shape as a fraction of its grid cell
-GRID = 3
-POSITIONS = ("top left", "top center", "top right", "middle left", "center", "middle right",
-             "bottom left", "bottom center", "bottom right")  # cell index r * 3 + c
 SPLIT_FRACTIONS = {"train": (0, 80), "val": (80, 90), "test": (90, 100)}  # ranges of layout-hash % 100
 
 
@@ -136,7 +134,7 @@ def make_captions(objects: list[Shape], rng: random.Random) -> list[str]:
                           _grouped(objects, lambda o: (o.color, o.shape))])
     if n >= 2:
         a, b = rng.sample(objects, 2)
-        relational = f"The {a.color} {a.shape} is {relation(a, b)} the {b.color} {b.shape}."
+        relational = f"The {a.color} {a.shape} is {relation(a.cell, b.cell)} the {b.color} {b.shape}."
     else:
         relational = f"A single {objects[0].color} {objects[0].shape} on a light background."
     return [
@@ -146,16 +144,6 @@ def make_captions(objects: list[Shape], rng: random.Random) -> list[str]:
         f"{colored[0].upper()}{colored[1:]}.",
         relational,
     ]
-
-
-def relation(a: Shape, b: Shape) -> str:
-    """Spatial relation of ``a`` to ``b`` from their grid cells: 'to the left of', 'above', ..."""
-    (ra, ca), (rb, cb) = divmod(a.cell, GRID), divmod(b.cell, GRID)
-    vertical = "above" if ra < rb else "below" if ra > rb else ""
-    horizontal = "to the left of" if ca < cb else "to the right of" if ca > cb else ""
-    if vertical and horizontal:
-        return f"{vertical} and {horizontal}"
-    return vertical or horizontal
 
 
 # --- the split writer ----------------------------------------------------------------------------------------
@@ -210,10 +198,5 @@ def write_shapes_dataset(out_dir: str | Path, n_images: int, seed: int = 0, *, s
 
 def scene_objects(record: ImageRecord) -> list[Shape]:
     """Recover the grid layout of an embedded-scene record from its boxes and attributes."""
-    cell = record.width / GRID
-    out = []
-    for o in record.objects:
-        x, y, w, h = o.bbox
-        col, row = int((x + w / 2) // cell), int((y + h / 2) // cell)
-        out.append(Shape(o.category, o.color, o.size, row * GRID + col))
-    return out
+    return [Shape(o.category, o.color, o.size, cell_of_box(o.bbox, record.width, record.height))
+            for o in record.objects]

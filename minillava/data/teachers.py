@@ -23,7 +23,9 @@ from dataclasses import dataclass
 from .llava_json import make_sample
 from .prompts import DETAIL_PROMPTS
 from .records import ImageRecord, ObjectRecord
-from .shapes import COLORS, POSITIONS, SHAPES
+from . import grid
+from .grid import POSITIONS, cell_of_box
+from .shapes import COLORS, SHAPES
 from .words import a, count_phrase, join_words, number, plural
 
 def there_are(noun: str, n: int) -> str:
@@ -43,10 +45,7 @@ class QA:
 
 def position(obj: ObjectRecord, record: ImageRecord) -> str:
     """Where the box centre falls on a 3×3 grid of the image: 'top left' ... 'bottom right'."""
-    x, y, w, h = obj.bbox
-    col = min(int(3 * (x + w / 2) / record.width), 2)
-    row = min(int(3 * (y + h / 2) / record.height), 2)
-    return POSITIONS[row * 3 + col]
+    return POSITIONS[cell_of_box(obj.bbox, record.width, record.height)]
 
 
 def describe(obj: ObjectRecord, with_size: bool = True) -> str:
@@ -62,11 +61,8 @@ def name(obj: ObjectRecord) -> str:
 
 def relation(a_obj: ObjectRecord, b_obj: ObjectRecord, record: ImageRecord) -> str:
     """'above', 'below and to the left of', ... from the two box centres (by grid cell, so it is unambiguous)."""
-    ra, ca = divmod(POSITIONS.index(position(a_obj, record)), 3)
-    rb, cb = divmod(POSITIONS.index(position(b_obj, record)), 3)
-    vertical = "above" if ra < rb else "below" if ra > rb else ""
-    horizontal = "to the left of" if ca < cb else "to the right of" if ca > cb else ""
-    return f"{vertical} and {horizontal}" if vertical and horizontal else vertical or horizontal or "next to"
+    cell_a, cell_b = (cell_of_box(o.bbox, record.width, record.height) for o in (a_obj, b_obj))
+    return grid.relation(cell_a, cell_b) or "next to"
 
 
 def crowded(record: ImageRecord) -> set[str]:
@@ -255,7 +251,8 @@ def generate_rule_instructions(records: list[ImageRecord], types=("conv", "detai
     return samples
 
 
-_CANDIDATES = {
+# the words each kind of short key answer is drawn from: what exact-match scoring and the rule judge look for
+KEY_WORDS = {
     "color": set(COLORS), "shape": set(SHAPES) | {"nothing"}, "size": {"large", "small"},
     "count": {"no", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"},
     "position": set(POSITIONS), "exists": {"yes", "no"}, "reasoning": None,
@@ -290,9 +287,9 @@ def stated_answer(kind: str, text: str) -> str:
     if kind == "position":
         return " | ".join(sorted(positions_in(words)))
     if kind == "relation":  # directions in the order the teacher writes them: vertical, then horizontal
-        found = [r for r in _CANDIDATES["relation"] if f" {r} " in words]
+        found = [r for r in KEY_WORDS["relation"] if f" {r} " in words]
         return " and ".join(found) if len(found) <= 2 else " | ".join(found)
-    candidates = _CANDIDATES.get(kind) or set()
+    candidates = KEY_WORDS.get(kind) or set()
     return " | ".join(sorted(c for c in candidates if f" {c} " in words))
 
 
@@ -307,13 +304,13 @@ def answer_is_correct(qa: QA, text: str) -> bool:
     if qa.kind == "position":
         return positions_in(words) == {qa.key}
     if qa.kind == "relation":
-        found = {r for r in _CANDIDATES["relation"] if f" {r} " in words}
-        return found == {r for r in _CANDIDATES["relation"] if r in qa.key}
-    candidates = _CANDIDATES.get(qa.kind)
+        found = {r for r in KEY_WORDS["relation"] if f" {r} " in words}
+        return found == {r for r in KEY_WORDS["relation"] if r in qa.key}
+    candidates = KEY_WORDS.get(qa.kind)
     if candidates is None:  # reasoning: a number comes last (after the steps), a yes/no verdict comes first
         tokens = words.split()
         if "how many" in qa.question.lower():
-            numbers = [t for t in tokens if t in _CANDIDATES["count"]]
+            numbers = [t for t in tokens if t in KEY_WORDS["count"]]
             return bool(numbers) and numbers[-1] == qa.key
         return bool(tokens) and tokens[0] == qa.key
     found = {c for c in candidates if f" {c} " in words}

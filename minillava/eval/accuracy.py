@@ -18,7 +18,8 @@ import torch
 
 from ..data.dataset import compute_features
 from ..data.records import ImageRecord
-from ..data.shapes import COLORS, POSITIONS, SHAPES
+from ..data.grid import POSITIONS
+from ..data.shapes import COLORS, SHAPES
 from ..data.teachers import QA, answer_is_correct, scene_questions, stated_answer
 from ..data.words import plural
 from ..inference import answer_batch

@@ -10,8 +10,8 @@ model (or by the authors' ``model_vqa.py``) can be scored here, and ours can be 
 
 ``category`` is one of ``conv`` (a conversation question with a definite answer), ``detail`` (a "describe in
 detail" prompt) or ``complex`` (a question that needs reasoning). Readers validate every row and fail with a
-one-line :class:`~minillava.data.records.DataError` naming the file, the line and the field. Extra fields are
-allowed (the exact-answer set below adds ``kind`` and ``key``), as in the published files.
+one-line :class:`~minillava.files.DataError` naming the file, the line and the field. Extra fields are
+allowed, as in the published files.
 
 The embedded benchmark (:func:`make_embedded_bench`) is built from *held-out* scenes: the caller passes the
 test split, whose layouts never occur in training (see :mod:`minillava.data.shapes`). Next to
@@ -23,8 +23,7 @@ test split, whose layouts never occur in training (see :mod:`minillava.data.shap
   the scene's objects with their attributes and grid positions, and for ``conv`` / ``complex`` the exact
   answer (``kind``, ``key``); the rule judge (:mod:`.judges`) scores from this ground truth.
 
-:func:`make_exact_set` draws a larger set of short-answer questions (with ``kind`` and ``key``) for exact-match
-accuracy with 95% confidence intervals (:func:`exact_accuracy`).
+Exact-match accuracy with 95% intervals on a larger set of short-answer questions is :mod:`.accuracy`.
 """
 
 from __future__ import annotations
@@ -33,21 +32,21 @@ import hashlib
 import json
 import random
 import shutil
-from collections import Counter, defaultdict
+from collections import Counter
 from pathlib import Path
 
 import torch
 
 from ..data.context import symbolic_context
 from ..data.prompts import DETAIL_PROMPTS
-from ..data.records import DataError, ImageRecord, read_utf8
+from ..data.records import ImageRecord
 from ..data.teachers import QA, answer_is_correct, describe_scene, position, reasoning_question, scene_questions
-from .accuracy import wilson
+from ..files import DataError, read_jsonl, write_jsonl
 
 CATEGORIES = ("conv", "detail", "complex")
-_ID_TYPES = (int, str)
-QUESTION_FIELDS = {"question_id": _ID_TYPES, "image": str, "text": str, "category": str}
-ANSWER_FIELDS = {"question_id": _ID_TYPES, "text": str}
+ID_TYPES = (int, str)
+QUESTION_FIELDS = {"question_id": ID_TYPES, "image": str, "text": str, "category": str}
+ANSWER_FIELDS = {"question_id": ID_TYPES, "text": str}
 ANSWER_OPTIONAL = {"prompt": str, "answer_id": str, "model_id": str, "metadata": dict}
 # the order in which conv questions cycle through kinds, so the 30 conv questions are not all counts
 CONV_KIND_ORDER = ("count", "color", "position", "shape", "exists", "size", "relation")
@@ -55,25 +54,16 @@ CONV_KIND_ORDER = ("count", "color", "position", "shape", "exists", "size", "rel
 
 # --- jsonl: read, validate, write --------------------------------------------------------------------------------
 
-def read_jsonl(path: str | Path) -> list[tuple[int, dict]]:
+def read_rows(path: str | Path) -> list[tuple[int, dict]]:
     """(line number, object) for every non-blank line; a bad line is a one-line DataError."""
-    path = Path(path)
-    text = read_utf8(path)
-    rows = []
-    for lineno, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}: line {lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
+    rows = read_jsonl(path)
+    for lineno, row in rows:
         if not isinstance(row, dict):
             raise DataError(f"{path}: line {lineno}: expected a JSON object, got {type(row).__name__}")
-        rows.append((lineno, row))
     return rows
 
 
-def _check_fields(path: Path, lineno: int, row: dict, required: dict, optional: dict | None = None) -> None:
+def check_fields(path: Path, lineno: int, row: dict, required: dict, optional: dict | None = None) -> None:
     for name, types in required.items():
         if name not in row:
             raise DataError(f"{path}: line {lineno}: missing field '{name}'")
@@ -95,11 +85,11 @@ def _unique_ids(path: Path, rows: list[tuple[int, dict]]) -> None:
 def read_questions(path: str | Path) -> list[dict]:
     """Questions rows, validated: ``question_id``, ``image``, ``text``, ``category`` ∈ conv/detail/complex."""
     path = Path(path)
-    rows = read_jsonl(path)
+    rows = read_rows(path)
     if not rows:
         raise DataError(f"{path}: no questions")
     for lineno, row in rows:
-        _check_fields(path, lineno, row, QUESTION_FIELDS)
+        check_fields(path, lineno, row, QUESTION_FIELDS)
         if row["category"] not in CATEGORIES:
             raise DataError(f"{path}: line {lineno}: field 'category' is {row['category']!r}, "
                             f"expected one of {', '.join(CATEGORIES)}")
@@ -111,9 +101,9 @@ def read_answers(path: str | Path) -> list[dict]:
     """Answers rows, validated: ``question_id`` and ``text`` required; ``prompt``, ``answer_id``, ``model_id``
     (strings) and ``metadata`` (an object) type-checked when present, so answers written elsewhere load too."""
     path = Path(path)
-    rows = read_jsonl(path)
+    rows = read_rows(path)
     for lineno, row in rows:
-        _check_fields(path, lineno, row, ANSWER_FIELDS, ANSWER_OPTIONAL)
+        check_fields(path, lineno, row, ANSWER_FIELDS, ANSWER_OPTIONAL)
     _unique_ids(path, rows)
     return [row for _, row in rows]
 
@@ -121,31 +111,19 @@ def read_answers(path: str | Path) -> list[dict]:
 def read_context(path: str | Path) -> dict[str, dict]:
     """``context.jsonl`` as {str(question_id): row}; each row needs ``question_id`` and ``context`` (a string)."""
     path = Path(path)
-    rows = read_jsonl(path)
+    rows = read_rows(path)
     for lineno, row in rows:
-        _check_fields(path, lineno, row, {"question_id": _ID_TYPES, "context": str},
+        check_fields(path, lineno, row, {"question_id": ID_TYPES, "context": str},
                       {"objects": list, "kind": str, "key": str})
     _unique_ids(path, rows)
     return {str(row["question_id"]): row for _, row in rows}
-
-
-def write_jsonl(path: str | Path, rows: list[dict]) -> Path:
-    """One JSON object per line, written atomically (a reader never sees half a file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    tmp.replace(path)
-    return path
 
 
 def write_questions(path: str | Path, rows: list[dict]) -> Path:
     """Validate and write questions rows (field order as published; extra fields kept after them)."""
     ordered = []
     for i, row in enumerate(rows, 1):
-        _check_fields(Path(path), i, row, QUESTION_FIELDS)
+        check_fields(Path(path), i, row, QUESTION_FIELDS)
         if row["category"] not in CATEGORIES:
             raise DataError(f"{path}: line {i}: field 'category' is {row['category']!r}, "
                             f"expected one of {', '.join(CATEGORIES)}")
@@ -170,7 +148,7 @@ def write_answers(path: str | Path, rows: list[dict]) -> Path:
     """Validate and write answers rows (missing ``answer_id`` / ``metadata`` are filled in)."""
     out = []
     for i, row in enumerate(rows, 1):
-        _check_fields(Path(path), i, row, {**ANSWER_FIELDS, "model_id": str}, ANSWER_OPTIONAL)
+        check_fields(Path(path), i, row, {**ANSWER_FIELDS, "model_id": str}, ANSWER_OPTIONAL)
         full = {"question_id": row["question_id"], "prompt": row.get("prompt", ""), "text": row["text"],
                 "answer_id": row.get("answer_id") or answer_id(row["model_id"], row["question_id"], row["text"]),
                 "model_id": row["model_id"], "metadata": row.get("metadata", {})}
@@ -236,54 +214,9 @@ def make_embedded_bench(records: list[ImageRecord], out_dir: str | Path, n_image
     return paths
 
 
-def make_exact_set(records: list[ImageRecord], n: int = 600, seed: int = 0) -> list[dict]:
-    """Up to ``n`` short-answer questions (questions rows plus ``kind`` and ``key``) for exact-match accuracy.
-
-    Every scene offers all its definite-answer questions (category ``conv``) and one reasoning question
-    (``complex``, kind ``reasoning``); scenes are visited round-robin, one question each per round, so the set
-    spreads over as many scenes as possible. Fewer than ``n`` rows come back only if the scenes run out.
-    """
-    pools = []
-    for record in records:
-        rng = random.Random(f"exact:{seed}:{record.image_id}")
-        qas = [("conv", qa) for qa in scene_questions(record, rng)]
-        qas.insert(rng.randint(0, len(qas)), ("complex", reasoning_question(record, rng)))
-        pools.append((record, qas))
-    random.Random(f"exact:{seed}").shuffle(pools)
-    rows: list[dict] = []
-    depth = 0
-    while len(rows) < n and any(depth < len(qas) for _, qas in pools):
-        for record, qas in pools:
-            if depth < len(qas) and len(rows) < n:
-                category, qa = qas[depth]
-                rows.append({"question_id": len(rows), "image": record.file_name, "text": qa.question,
-                             "category": category, "kind": qa.kind, "key": qa.key})
-        depth += 1
-    return rows
-
-
 def answer_matches(kind: str, key: str, question: str, text: str) -> bool:
     """Exact-match check of ``text`` against ``key`` (:func:`minillava.data.teachers.answer_is_correct`)."""
     return answer_is_correct(QA(question, "", kind, key), text)
-
-
-def exact_accuracy(rows: list[dict], answers: list[dict]) -> dict:
-    """Accuracy per kind and overall, with 95% Wilson intervals, of ``answers`` on an exact set's ``rows``."""
-    by_id = {str(a["question_id"]): a["text"] for a in answers}
-    missing = [r["question_id"] for r in rows if str(r["question_id"]) not in by_id]
-    if missing:
-        raise DataError(f"answers lack {len(missing)} of {len(rows)} question ids (first: {missing[0]!r})")
-    hits: dict[str, list[bool]] = defaultdict(list)
-    for r in rows:
-        hits[r["kind"]].append(answer_matches(r["kind"], r["key"], r["text"], by_id[str(r["question_id"])]))
-    out = {}
-    for kind in sorted(hits):
-        k, n = sum(hits[kind]), len(hits[kind])
-        out[kind] = {"accuracy": k / n, "ci95": wilson(k, n), "n": n}
-    all_hits = [h for v in hits.values() for h in v]
-    out["all"] = {"accuracy": sum(all_hits) / len(all_hits), "ci95": wilson(sum(all_hits), len(all_hits)),
-                  "n": len(all_hits)}
-    return out
 
 
 # --- answering a benchmark ----------------------------------------------------------------------------------------
@@ -306,17 +239,12 @@ def answer_bench(model, processor, questions: list[dict], image_root: str | Path
     Image features are computed once per distinct image (the tower is frozen); questions are then answered
     ``batch_size`` at a time with :func:`minillava.inference.answer_batch`.
     """
-    from ..data.dataset import load_image
+    from ..data.dataset import features_of_files
     from ..inference import answer_batch
 
-    device = next(model.parameters()).device
     names = list(dict.fromkeys(q["image"] for q in questions))
-    features = {}
-    for i in range(0, len(names), batch_size):
-        chunk = names[i:i + batch_size]
-        images = [load_image(resolve_image(image_root, name)) for name in chunk]
-        pixels = processor(images=images, return_tensors="pt")["pixel_values"].to(device, model.vision.dtype)
-        features.update(zip(chunk, model.image_features(pixels).float().cpu()))
+    features = dict(zip(names, features_of_files(model, processor, [resolve_image(image_root, n) for n in names],
+                                                 batch_size=batch_size, device=next(model.parameters()).device)))
     rows = []
     starts = range(0, len(questions), batch_size)
     if progress:

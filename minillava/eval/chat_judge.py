@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..data.chat_teacher import MalformedReply
-from ..data.records import DataError
+from ..files import DataError, cut_torn_last_line, read_jsonl
 
 # named as before the chat judge moved out of judges.py, so logs (and notebook 09's output) read the same
 log = logging.getLogger("minillava.eval.judges")
@@ -85,26 +85,13 @@ class VerdictCache:
         self.rows: dict[str, dict] = {}
         if self.path is None or not self.path.exists():
             return
-        data = self.path.read_bytes()
-        lines = data.split(b"\n")
-        keep = len(data)
-        if lines and lines[-1].strip():  # no newline at the end: the last write was interrupted
-            try:
-                json.loads(lines[-1])
-                keep = len(data)
-            except ValueError:
-                keep = len(data) - len(lines[-1])
-        if keep < len(data):
+        cut = cut_torn_last_line(self.path)
+        if cut:
             log.warning("%s: cutting off a truncated last line from an interrupted run", self.path)
-            with open(self.path, "r+b") as f:
-                f.truncate(keep)
-        for lineno, line in enumerate(data[:keep].split(b"\n"), 1):
-            if not line.strip():
-                continue
+        for lineno, row in read_jsonl(self.path):
             try:
-                row = json.loads(line)
                 self.rows[row["key"]] = row
-            except (ValueError, KeyError, TypeError):
+            except (KeyError, TypeError):
                 raise DataError(f"{self.path}: line {lineno}: not a verdict cache row") from None
 
     def get(self, key: str) -> dict | None:

@@ -24,174 +24,18 @@ from __future__ import annotations
 
 import re
 import statistics
-from dataclasses import dataclass
 from pathlib import Path
 
 from .. import paper
 from ..data.records import DataError
-from ..data.shapes import COLORS, POSITIONS, SHAPES
-from ..data.teachers import _CANDIDATES
-from ..data.teachers import positions_in
+from ..data.grid import POSITIONS
+from ..data.shapes import COLORS, SHAPES
+from ..data.teachers import KEY_WORDS, positions_in
 from .bench import CATEGORIES, answer_matches, read_answers, read_questions
+from .mentions import NEGATION, Mention, detail_f1, find_mentions, mention_exists, normalise  # noqa: F401 (Mention re-exported)
 from .chat_judge import (JUDGE_SYSTEM_PROMPT, ChatJudge, JudgeFailed, MalformedVerdict,  # noqa: F401 (re-exported)
                          Verdict, VerdictCache, judge_messages, parse_verdict)
 from .published import read_bench_context
-
-
-# --- parsing answers for the rule judge --------------------------------------------------------------------------
-
-_SIZE_WORDS = {"large": "large", "big": "large", "small": "small", "little": "small", "tiny": "small"}
-
-
-def _normalise(text: str) -> str:
-    """Lower case, hyphens to spaces ("top-left" → "top left"), one space between words."""
-    return " ".join(text.lower().replace("-", " ").split())
-
-
-def _plural_pattern(noun: str) -> str:
-    return re.escape(noun) + ("(?:es)?" if noun.endswith(("s", "x", "ch", "sh")) else "s?")
-
-
-@dataclass
-class Mention:
-    """One object named in an answer: '<size> <color> <shape>', each attribute optional except the shape."""
-
-    shape: str
-    color: str | None = None
-    size: str | None = None
-    position: str | None = None
-    start: int = 0
-    end: int = 0
-
-    def stated(self) -> dict:
-        return {k: v for k, v in (("color", self.color), ("size", self.size), ("position", self.position)) if v}
-
-
-def _mention_regex(vocabulary: list[str]) -> re.Pattern:
-    nouns = "|".join(_plural_pattern(n) for n in sorted(vocabulary, key=len, reverse=True))
-    sizes = "|".join(_SIZE_WORDS)
-    colors = "|".join(COLORS)
-    return re.compile(rf"\b(?:(?P<size>{sizes})\s+)?(?:(?P<color>{colors})\s+)?(?P<shape>{nouns})\b")
-
-
-_NEGATION = re.compile(r"\b(?:no|not\s+an?|not\s+any|without\s+an?|without)\s+$")
-_POSITION_RE = re.compile(r"\b(" + "|".join(sorted(POSITIONS, key=len, reverse=True)) + r")\b")
-
-
-def find_mentions(text: str, vocabulary: list[str] | None = None) -> list[Mention]:
-    """Objects named in ``text``, each with the position phrase that goes with it, if any.
-
-    A mention is '[size] [colour] <shape>' (plurals and big/little/tiny accepted); one negated by a preceding
-    "no" / "not a" / "without" ("there is no green star") is not a claim and is skipped. Positions are paired
-    within a sentence: in order when the sentence names as many positions as objects ("at the top left there
-    is a red circle and at the center a blue star"); otherwise clause by clause (split at commas and "and"; a
-    clause with a position but no object joins the next), in order when the clause's counts match, else each
-    position goes to the closest object named before it ("a red and a blue star at the center"), or to the
-    first one after it when none comes before.
-    """
-    vocab = list(vocabulary or SHAPES)
-    regex = _mention_regex(vocab)
-    canonical = {v: v for v in vocab}
-    mentions: list[Mention] = []
-    for sentence in re.split(r"[.;!?\n]+", _normalise(text)):
-        found = []
-        for m in regex.finditer(sentence):
-            if _NEGATION.search(sentence[:m.start()]):
-                continue
-            noun = m.group("shape")
-            shape = next(v for v in sorted(canonical, key=len, reverse=True) if re.fullmatch(_plural_pattern(v), noun))
-            found.append(Mention(shape, m.group("color"), _SIZE_WORDS.get(m.group("size") or ""), None,
-                                 m.start(), m.end()))
-        places = [(p.group(1), p.start(), p.end()) for p in _POSITION_RE.finditer(sentence)]
-        _pair_positions(sentence, found, places)
-        mentions += found
-    return mentions
-
-
-_CLAUSE = re.compile(r",|\band\b")
-
-
-def _pair_positions(sentence: str, found: list[Mention], places: list[tuple[str, int, int]]) -> None:
-    """Give mentions their position phrases (see :func:`find_mentions`)."""
-    if not found or not places:
-        return
-    if len(found) == len(places):
-        for mention, (pos, _, _) in zip(found, places):
-            mention.position = pos
-        return
-    bounds = [0] + [m.end() for m in _CLAUSE.finditer(sentence)] + [len(sentence) + 1]
-    units, pending = [], []  # a clause with positions but no object ("at the top left, ...") joins the next
-    for lo, hi in zip(bounds, bounds[1:]):
-        ms = [m for m in found if lo <= m.start < hi]
-        ps = pending + [p for p in places if lo <= p[1] < hi]
-        if ms:
-            units.append((ms, ps))
-            pending = []
-        else:
-            pending = ps
-    for ms, ps in units:
-        if len(ms) == len(ps):
-            for mention, (pos, _, _) in zip(ms, ps):
-                mention.position = pos
-            continue
-        best: dict[int, tuple[int, str]] = {}
-        for pos, s, e in ps:
-            before = [i for i, m in enumerate(ms) if m.end <= s]
-            i = before[-1] if before else 0  # "a red circle ... at the top left": the object named before it
-            dist = abs(s - ms[i].end) if before else abs(ms[i].start - e)
-            if i not in best or dist < best[i][0]:
-                best[i] = (dist, pos)
-        for i, (_, pos) in best.items():
-            ms[i].position = pos
-
-
-def _merge_mentions(mentions: list[Mention]) -> list[Mention]:
-    """Drop repeats: a mention whose stated facts are all stated, identically, by another mention."""
-    def facts(m):
-        return {"shape": m.shape, **m.stated()}
-
-    kept = []
-    for i, m in enumerate(mentions):
-        mine = facts(m).items()
-        covered = any(j != i and mine <= facts(o).items() and (len(facts(o)) > len(facts(m)) or j < i)
-                      for j, o in enumerate(mentions))
-        if not covered:
-            kept.append(m)
-    return kept
-
-
-def _agreement(m: Mention, obj: dict) -> int | None:
-    """How many of the mention's stated facts the object shares (None: a different shape, no match)."""
-    if m.shape != obj["category"]:
-        return None
-    return sum(obj.get(k) == v for k, v in m.stated().items())
-
-
-def _exists(m: Mention, objects: list[dict]) -> bool:
-    """Some object has the mention's shape and every colour / size the mention states (position not needed)."""
-    return any(o["category"] == m.shape and (m.color is None or o.get("color") == m.color)
-               and (m.size is None or o.get("size") == m.size) for o in objects)
-
-
-def detail_f1(text: str, objects: list[dict]) -> dict:
-    """Fact precision / recall / F1 of a description against the scene's objects (see :class:`RuleJudge`)."""
-    vocab = sorted(set(SHAPES) | {o["category"] for o in objects})
-    mentions = _merge_mentions(find_mentions(text, vocab))
-    pairs = sorted(((a, i, j) for i, m in enumerate(mentions) for j, o in enumerate(objects)
-                    if (a := _agreement(m, o)) is not None), key=lambda t: (-t[0], t[1], t[2]))
-    used_m, used_o, tp = set(), set(), 0
-    for agree, i, j in pairs:  # greedy one-to-one matching, most agreeing pairs first
-        if i not in used_m and j not in used_o:
-            used_m.add(i)
-            used_o.add(j)
-            tp += 1 + agree
-    asserted = sum(1 + len(m.stated()) for m in mentions)
-    total = sum(1 + sum(o.get(k) is not None for k in ("color", "size", "position")) for o in objects)
-    precision = tp / asserted if asserted else 0.0
-    recall = tp / total if total else 0.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {"precision": precision, "recall": recall, "f1": f1, "mentions": len(mentions),
-            "unmatched": len(mentions) - len(used_m)}
 
 
 _GROUP_RE = re.compile(r"\b(" + "|".join(COLORS) + r")\s+(?:shapes?|objects?|ones?)\b")
@@ -262,16 +106,16 @@ class RuleJudge:
 
     @staticmethod
     def _conv(question_text: str, text: str, kind: str, key: str, objects: list[dict]) -> tuple[float, str]:
-        words = " " + _normalise(re.sub(r"[.,?!;:]", " ", text)) + " "
+        words = " " + normalise(re.sub(r"[.,?!;:]", " ", text)) + " "
         if answer_matches(kind, key, question_text, text):
             score, why = 10, "right"
         else:
             if kind == "position":
                 found = positions_in(words)
             elif kind == "relation":
-                found = {r for r in _CANDIDATES["relation"] if f" {r} " in words}
+                found = {r for r in KEY_WORDS["relation"] if f" {r} " in words}
             else:
-                found = {c for c in (_CANDIDATES.get(kind) or set(_CANDIDATES["count"]) | {"yes"})
+                found = {c for c in (KEY_WORDS.get(kind) or set(KEY_WORDS["count"]) | {"yes"})
                          if f" {c} " in words}
             half = False
             if kind == "position" and len(found) == 1:
@@ -279,13 +123,13 @@ class RuleJudge:
                 (r1, c1), (r2, c2) = divmod(POSITIONS.index(pos), 3), divmod(POSITIONS.index(key), 3)
                 half = r1 == r2 or c1 == c2
             elif kind == "relation":
-                wanted = {r for r in _CANDIDATES["relation"] if r in key}
+                wanted = {r for r in KEY_WORDS["relation"] if r in key}
                 half = bool(found & wanted)
             elif key in found:
                 half = True
             score, why = (4, "half right") if half else (2, "no answer") if not found else (1, "wrong")
         vocab = sorted(set(SHAPES) | {o["category"] for o in objects})
-        ghosts = [m for m in find_mentions(text, vocab) if not _exists(m, objects)]
+        ghosts = [m for m in find_mentions(text, vocab) if not mention_exists(m, objects)]
         if ghosts:
             score = max(1, score - 2)
             why += f", names {len(ghosts)} object(s) not in the scene"
@@ -300,10 +144,10 @@ class RuleJudge:
         supported = total = 0
         for m in find_mentions(text, vocab):
             total += 1
-            supported += _exists(m, objects) or m.shape in asked_shapes
-        norm = _normalise(text)
+            supported += mention_exists(m, objects) or m.shape in asked_shapes
+        norm = normalise(text)
         for g in _GROUP_RE.finditer(norm):
-            if _NEGATION.search(norm[:g.start()]):
+            if NEGATION.search(norm[:g.start()]):
                 continue
             total += 1
             supported += g.group(1) in asked_colors or any(o.get("color") == g.group(1) for o in objects)

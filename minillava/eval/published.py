@@ -36,7 +36,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..data.records import DataError
-from .bench import _ID_TYPES, _check_fields, read_context, read_jsonl, write_jsonl
+from ..files import write_jsonl
+from .bench import ID_TYPES, check_fields, read_context, read_rows
 
 COCO_CONTEXT_FIELDS = {"image": str, "captions": list, "instances": list}
 WILD_CONTEXT_FIELDS = {"image": str, "caption": (str, list)}
@@ -44,7 +45,7 @@ WILD_CONTEXT_FIELDS = {"image": str, "caption": (str, list)}
 
 def context_layout(path: str | Path) -> str:
     """``coco``, ``wild`` or ``ours``, from the first row's fields (every row is then checked for that layout)."""
-    rows = read_jsonl(path)
+    rows = read_rows(path)
     if not rows:
         raise DataError(f"{path}: no context rows")
     lineno, first = rows[0]
@@ -59,7 +60,7 @@ def context_layout(path: str | Path) -> str:
 
 
 def _coco_context(path: Path, lineno: int, row: dict) -> str:
-    _check_fields(path, lineno, row, COCO_CONTEXT_FIELDS, {"id": _ID_TYPES})
+    check_fields(path, lineno, row, COCO_CONTEXT_FIELDS, {"id": ID_TYPES})
     for i, caption in enumerate(row["captions"]):
         if not isinstance(caption, str):
             raise DataError(f"{path}: line {lineno}: field 'captions' item {i} is not a string")
@@ -76,7 +77,7 @@ def _coco_context(path: Path, lineno: int, row: dict) -> str:
 
 
 def _wild_context(path: Path, lineno: int, row: dict) -> str:
-    _check_fields(path, lineno, row, WILD_CONTEXT_FIELDS, {"id": _ID_TYPES})
+    check_fields(path, lineno, row, WILD_CONTEXT_FIELDS, {"id": ID_TYPES})
     caption = row["caption"]
     if isinstance(caption, list):
         if not all(isinstance(c, str) for c in caption):
@@ -97,7 +98,7 @@ def read_bench_context(path: str | Path, questions: list[dict]) -> tuple[dict[st
         return read_context(path), layout
     build = _coco_context if layout == "coco" else _wild_context
     by_image: dict[str, str] = {}
-    for lineno, row in read_jsonl(path):
+    for lineno, row in read_rows(path):
         text = build(path, lineno, row)
         if row["image"] in by_image:
             raise DataError(f"{path}: line {lineno}: field 'image' {row['image']!r} has a context row already")

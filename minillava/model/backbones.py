@@ -58,7 +58,9 @@ def image_processor_class():
     return transformers.CLIPImageProcessor
 
 
-def _resolve(name: str, part: str) -> str:
+def backbone_path(name: str, part: str) -> str:
+    """Where to load ``part`` ("vision" or "lm") of backbone ``name`` from: the shipped folder for "tiny", else
+    ``name`` itself (a hub id or a local folder)."""
     if name == "tiny":
         path = TINY_DIR / part
         if not (path / "config.json").is_file():
@@ -67,10 +69,13 @@ def _resolve(name: str, part: str) -> str:
     return name
 
 
+_resolve = backbone_path  # model/lora.py still imports this name: drop it once that file uses backbone_path
+
+
 def load_vision(name: str, *, image_size: int | None = None, dtype=torch.float32,
                 trust_remote_code: bool = False) -> tuple[CLIPVisionModel, object]:
     """A frozen CLIP vision tower and its image processor (resize, centre-crop, normalise)."""
-    path = _resolve(name, "vision")
+    path = backbone_path(name, "vision")
     vision = CLIPVisionModel.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code)
     processor = image_processor_class().from_pretrained(path)
     if image_size is not None and image_size != vision.config.image_size:
@@ -81,7 +86,7 @@ def load_vision(name: str, *, image_size: int | None = None, dtype=torch.float32
 
 def load_lm(name: str, *, dtype=torch.float32, trust_remote_code: bool = False):
     """A causal LM and its tokenizer, with ``<image>`` registered as a special token (embedding row added)."""
-    path = _resolve(name, "lm")
+    path = backbone_path(name, "lm")
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     lm = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code)
     return register_image_token(lm, tokenizer)

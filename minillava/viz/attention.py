@@ -12,8 +12,9 @@ from __future__ import annotations
 import contextlib
 
 import torch
+from einops import rearrange, reduce
 
-from ..conversation import get_template, prompt_ids, stop_token_ids
+from ..conversation import IMAGE_TOKEN, get_template, prompt_ids, stop_token_ids
 
 
 @contextlib.contextmanager
@@ -38,7 +39,7 @@ def answer_attention(model, image_features: torch.Tensor, question: str, *, temp
     and ``all_attn`` (L, H, T, T) for rollout.
     """
     tmpl = get_template(template, model.tokenizer)
-    prompt = prompt_ids(f"<image>\n{question}", model.tokenizer, tmpl, image_tokens=model.num_image_tokens)[None]
+    prompt = prompt_ids(f"{IMAGE_TOKEN}\n{question}", model.tokenizer, tmpl, image_tokens=model.num_image_tokens)[None]
     z = image_features[None]
     answer = model.generate(prompt, image_features=z, max_new_tokens=max_new_tokens,
                             eos_token_id=stop_token_ids(tmpl, model.tokenizer))[0]
@@ -59,12 +60,10 @@ def answer_attention(model, image_features: torch.Tensor, question: str, *, temp
 def aggregate(result: dict, how: str = "mean") -> torch.Tensor:
     """Per answer token, one weight per patch: (A, N). ``mean`` / ``max`` over layers and heads, or ``rollout``."""
     attn = result["attn"]
-    if how == "mean":
-        return attn.mean(dim=(0, 1))
-    if how == "max":
-        return attn.amax(dim=(0, 1))
+    if how in ("mean", "max"):
+        return reduce(attn, "layer head answer patch -> answer patch", how)
     if how == "rollout":  # Abnar & Zuidema (2020): propagate attention through the residual stream, layer by layer
-        a = result["all_attn"].mean(dim=1)  # (L, T, T)
+        a = reduce(result["all_attn"], "layer head t s -> layer t s", "mean")
         eye = torch.eye(a.shape[-1])
         joint = eye
         for layer in a:
@@ -79,7 +78,8 @@ def vision_cls_attention(vision, pixel_values: torch.Tensor, layer: int = -1) ->
     """The vision tower's own CLS → patch attention at ``layer``, averaged over heads: (B, N)."""
     with eager_attention(vision):
         out = vision(pixel_values=pixel_values, output_attentions=True)
-    return out.attentions[layer][:, :, 0, 1:].mean(dim=1)
+    cls_to_patches = out.attentions[layer][:, :, 0, 1:]  # (B, H, N): row 0 is CLS, columns 1: the patches
+    return reduce(cls_to_patches, "b head patch -> b patch", "mean")
 
 
 def object_attention_ratio(weights: torch.Tensor, patches: list[int]) -> float:
@@ -95,7 +95,7 @@ def draw_heatmap(ax, image, weights: torch.Tensor, title: str = "") -> None:
     grid = int(round(weights.numel() ** 0.5))
     ax.imshow(image)
     h, w = np.asarray(image).shape[:2]
-    im = ax.imshow(weights.reshape(grid, grid).float().numpy(), cmap="inferno", alpha=0.55,
+    im = ax.imshow(rearrange(weights, "(row col) -> row col", row=grid).float().numpy(), cmap="inferno", alpha=0.55,
                    extent=(0, w, h, 0), interpolation="nearest")
     ax.set_title(title, fontsize=9)
     ax.set_xticks([]), ax.set_yticks([])

@@ -9,7 +9,8 @@ import matplotlib.pyplot as plt  # without a display matplotlib picks a file bac
 import torch
 
 from ..data.records import image_path, load_split
-from ..data.shapes import COLORS, GRID, SHAPES
+from ..data.grid import GRID, cell_of_box
+from ..data.shapes import COLORS, SHAPES
 from ..data.teachers import position
 from ..inference import pixels_for
 from .attention import aggregate, answer_attention, draw_heatmap, object_attention_ratio, vision_cls_attention
@@ -39,8 +40,7 @@ def loss_curves(run_dir: Path, out: Path) -> Path:
 
 def object_patch(record, obj) -> int:
     """The patch index of an embedded-scene object (one object per grid cell = one patch in the tiny preset)."""
-    from ..data.shapes import POSITIONS
-    return POSITIONS.index(position(obj, record))
+    return cell_of_box(obj.bbox, record.width, record.height)
 
 
 def probe_question(record) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 
 
 @torch.no_grad()
@@ -41,9 +42,9 @@ def single_token_id(tokenizer, word: str) -> int:
 @torch.no_grad()
 def lm_head_words(model, image_features: torch.Tensor, k: int = 3) -> list[list[str]]:
     """What the LM would say next at each image position: top-k tokens of the LM head there, (N × k)."""
-    from ..conversation import get_template, prompt_ids
+    from ..conversation import IMAGE_TOKEN, get_template, prompt_ids
 
-    ids = prompt_ids("<image>\n", model.tokenizer, get_template("vicuna_v1"), image_tokens=model.num_image_tokens)[None]
+    ids = prompt_ids(IMAGE_TOKEN + "\n", model.tokenizer, get_template("vicuna_v1"), image_tokens=model.num_image_tokens)[None]
     logits = model.logits(ids, image_features=image_features[None])[0]  # (T, V)
     rows = (ids[0] == model.image_token_id).nonzero().squeeze(-1)
     top = logits[rows].topk(k, dim=-1).indices
@@ -53,7 +54,7 @@ def lm_head_words(model, image_features: torch.Tensor, k: int = 3) -> list[list[
 @torch.no_grad()
 def modality_gap(model, image_features: torch.Tensor) -> dict[str, float]:
     """Cosine statistics of image tokens (B·N, D) against word embeddings, and their norms."""
-    h = model.project(image_features).flatten(0, -2)
+    h = rearrange(model.project(image_features), "b n d -> (b n) d")  # every image token of every image
     words = model.lm.get_input_embeddings().weight
     cos = F.normalize(h, dim=-1) @ F.normalize(words, dim=-1).T
     centre = F.cosine_similarity(h.mean(0), words.mean(0), dim=0)
@@ -65,7 +66,7 @@ def modality_gap(model, image_features: torch.Tensor) -> dict[str, float]:
 @torch.no_grad()
 def pca_map(model, image_features: torch.Tensor, n_words: int | None = None) -> dict[str, torch.Tensor]:
     """Project image tokens and word embeddings onto the first two principal components of both together."""
-    h = model.project(image_features).flatten(0, -2)
+    h = rearrange(model.project(image_features), "b n d -> (b n) d")  # every image token of every image
     words = model.lm.get_input_embeddings().weight[:n_words]
     both = torch.cat([h, words]).float()
     centred = both - both.mean(0)

@@ -1,0 +1,218 @@
+"""The stage-0 recipe: its settings, their hash, and the run that makes and checks the shipped stand-ins.
+
+Stage 0 exists only for the tiny preset. LLaVA starts from released checkpoints (CLIP ViT-L/14 and Vicuna, §4.1);
+offline on a CPU we have neither, so ``run_stage0`` trains stand-ins on the embedded scenes: a byte-level BPE
+tokenizer on their text, the tiny CLIP (``tower``), then the chat LM in up to three phases (``lm``, ``vocab``).
+It writes both in bf16 with ``recipe.json``: the settings and their hash, the probe and text-QA checks, and the
+sha1 of every weight file. The result is shipped in ``minillava/assets/tiny``; ``minillava quickstart`` starts
+from it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import LlamaForCausalLM
+
+from ..conversation import VICUNA_SYSTEM
+from ..data.prompts import BRIEF_PROMPTS, DETAIL_PROMPTS
+from ..data.shapes import generate_split
+from ..data.teachers import describe_scene, reasoning_question, scene_questions
+from ..files import file_sha1, write_atomic
+from ..model.backbones import image_processor_class, train_tiny_tokenizer
+from .lm import focus_chat_lm, text_qa_accuracy, train_chat_lm
+from .probes import probe_features
+from .tower import CLIP_MEAN, CLIP_STD, train_clip
+from .vocab import cell_words_chat_lm, in_cell_words
+
+
+@dataclass
+class Stage0Config:
+    """Every setting of the stage-0 recipe; the defaults made the shipped stand-ins (``recipe.json``)."""
+
+    seed: int = 0
+    image_size: int = 96
+    scenes: int = 8000          # base scenes (train bucket only: held-out layouts are never seen)
+    vocab_size: int = 600
+    clip_steps: int = 800
+    clip_batch: int = 128       # base scenes per batch; each brings a hard-negative twin (256 images)
+    clip_lr: float = 1e-3
+    lm_steps: int = 2500
+    lm_batch: int = 24
+    lm_lr: float = 2e-3
+    max_length: int = 256
+    # phase 2 of the chat LM: short QA dialogues weighted to the kinds phase 1 left at the majority answer
+    lm_focus_steps: int = 2000          # 0 = phase 1 only
+    lm_focus_batch: int = 32
+    lm_focus_lr: float = 2e-3
+    # phase 3: the scene as nine cell words, the text twin of the 3×3 patch tokens
+    lm_cells_steps: int = 5000          # 0 = no cell-word phase
+    lm_cells_batch: int = 32
+    lm_cells_lr: float = 2e-3
+    lm_cells_where: bool = True         # each cell word also names its cell: "<top-left:large-red-circle>"
+    lm_cells_color: bool = False        # its focus dialogues also drill "What color is the {shape}?"
+
+    def recipe_version(self) -> int:
+        """The latest recipe version this config uses (1: the tower and chat-LM phase 1 only)."""
+        off = self._left_out()
+        return max([version for version, (switch, _, _) in RECIPE_VERSIONS.items() if not switch.startswith(off)],
+                   default=1)
+
+    def hash(self) -> str:
+        """Identifies the recipe: the shipped weights record it, and a test compares it with the code's.
+
+        Hashed are the fields of the versions this config uses: an addition left at its ``off`` setting is
+        hashed as if it did not exist, so a config that reproduces an earlier version keeps that version's hash
+        (``add_lm_phase`` checks a directory against it)."""
+        fields = {k: v for k, v in dataclasses.asdict(self).items() if not k.startswith(self._left_out())}
+        return hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
+
+    def _left_out(self) -> tuple[str, ...]:
+        """The fields (names or prefixes) of the additions this config leaves at their ``off`` setting."""
+        return tuple(governs for switch, off, governs in RECIPE_VERSIONS.values() if getattr(self, switch) == off)
+
+
+# What each version of the recipe added: (its switch, the switch's setting that reproduces the version before, the
+# fields it governs, by name or prefix). Version 1 is the tower and chat-LM phase 1; its fields are always hashed.
+RECIPE_VERSIONS = {
+    2: ("lm_focus_steps", 0, "lm_focus_"),          # chat-LM phase 2: focus dialogues
+    3: ("lm_cells_steps", 0, "lm_cells_"),          # phase 3: cell words (its switches below go with it)
+    4: ("lm_cells_where", False, "lm_cells_where"),  # cell words that name their cell
+    5: ("lm_cells_color", False, "lm_cells_color"),  # colour questions in the phase-3 focus dialogues
+}
+
+
+def corpus(scenes) -> list[str]:
+    """The byte-level BPE tokenizer's training text: the chat template's words, the prompts, and every caption,
+    description and question–answer pair the teachers write about ``scenes``."""
+    texts = [VICUNA_SYSTEM, *BRIEF_PROMPTS, *DETAIL_PROMPTS, "Scene:", "USER: ASSISTANT:"]
+    for record, _, _ in scenes:
+        texts += record.captions + [describe_scene(record)]
+        rng = random.Random(record.image_id)
+        texts += [f"{qa.question} {qa.answer}" for qa in scene_questions(record, rng)]
+        qa = reasoning_question(record, rng)
+        texts.append(f"{qa.question} {qa.answer}")
+    return texts
+
+
+def recipe_scenes(cfg: Stage0Config):
+    """The recipe's training scenes (train bucket) and the held-out ones its checks use (val bucket)."""
+    return (generate_split(cfg.scenes, "train", seed=10_000 + cfg.seed, size_px=cfg.image_size),
+            generate_split(max(200, cfg.scenes // 20), "val", seed=10_000 + cfg.seed, size_px=cfg.image_size))
+
+
+def run_stage0(out_dir: str | Path, cfg: Stage0Config | None = None, log=print) -> dict:
+    """Train tokenizer, tiny CLIP and tiny chat LM; save them (bf16 safetensors) with ``recipe.json``."""
+    cfg = cfg or Stage0Config()
+    out_dir = Path(out_dir)
+    start = time.perf_counter()
+    scenes, held_out = recipe_scenes(cfg)
+    tokenizer = train_tiny_tokenizer(corpus(scenes), cfg.vocab_size)
+    seconds = {"scenes_and_tokenizer": time.perf_counter() - start}
+
+    t = time.perf_counter()
+    clip = train_clip(cfg, scenes, tokenizer, log)
+    seconds["clip"] = time.perf_counter() - t
+    probes = probe_features(clip.vision_model, scenes[:2000], held_out, cfg.image_size)
+    log(json.dumps({"stage": "0a", "probes": probes}))
+
+    t = time.perf_counter()
+    lm = train_chat_lm(cfg, scenes, tokenizer, log)
+    seconds["lm"] = time.perf_counter() - t
+    phase1_qa = None
+    if cfg.lm_focus_steps:
+        phase1_qa = text_qa_accuracy(lm, tokenizer, held_out)
+        log(json.dumps({"stage": "0b", "text_qa_phase1": phase1_qa}))
+        t = time.perf_counter()
+        lm = focus_chat_lm(cfg, lm, scenes, tokenizer, held_out, log)
+        seconds["lm_focus"] = time.perf_counter() - t
+    if cfg.lm_cells_steps:
+        t = time.perf_counter()
+        lm = cell_words_chat_lm(cfg, lm, scenes, tokenizer, held_out, log)
+        seconds["lm_cells"] = time.perf_counter() - t
+    qa = text_qa_report(cfg, lm, tokenizer, held_out)
+    log(json.dumps({"stage": "0b", **qa}))
+
+    from transformers import CLIPVisionModel
+    vision = CLIPVisionModel(clip.config.vision_config)
+    vision.load_state_dict(clip.vision_model.state_dict())
+    (out_dir / "vision").mkdir(parents=True, exist_ok=True)
+    vision.to(torch.bfloat16).save_pretrained(out_dir / "vision")
+    image_processor_class()(size={"shortest_edge": cfg.image_size}, crop_size={"height": cfg.image_size,
+                       "width": cfg.image_size}, image_mean=CLIP_MEAN, image_std=CLIP_STD).save_pretrained(out_dir / "vision")
+    lm.to(torch.bfloat16).save_pretrained(out_dir / "lm")
+    tokenizer.save_pretrained(out_dir / "lm")
+    seconds["total"] = time.perf_counter() - start
+    recipe = {"config": dataclasses.asdict(cfg), "config_hash": cfg.hash(), "seconds": {k: round(v, 1) for k, v in
+              seconds.items()}, "probes": probes, **qa, "torch": torch.__version__,
+              "machine": "2 CPU cores" if torch.get_num_threads() <= 2 else f"{torch.get_num_threads()} CPU threads"}
+    if phase1_qa:
+        recipe["text_qa_phase1"] = phase1_qa
+    recipe["files"] = shipped_file_hashes(out_dir)
+    write_atomic(out_dir / "recipe.json", json.dumps(recipe, indent=1))
+    return recipe
+
+
+def add_lm_phase(out_dir: str | Path, cfg: Stage0Config, log=print, device: str = "cpu") -> dict:
+    """Run only the last chat-LM phase ``cfg`` switches on (focus, then cells) on a recipe directory made by the
+    same config without it; its tower, tokenizer and earlier phases are kept.
+
+    Equal to ``run_stage0(out_dir, cfg)`` from scratch, because each phase starts from the LM before it rounded to
+    bf16 — which is what the directory holds — and uses the same scenes and seeds (on the same kind of device); it
+    saves the hour of retraining the tower and the earlier phases. This is how the shipped LM got its focus and
+    cell-word phases (the latter on a GPU: ``device="cuda"``)."""
+    from transformers import AutoTokenizer
+    out_dir = Path(out_dir)
+    recipe = json.loads((out_dir / "recipe.json").read_text())
+    phases = [name for name in ("focus", "cells") if getattr(cfg, f"lm_{name}_steps")]
+    if not phases:
+        raise ValueError(f"{out_dir}: this config has no chat-LM phase after phase 1 to add")
+    last = phases[-1]
+    before = dataclasses.replace(cfg, **{f"lm_{last}_steps": 0})
+    if recipe["config_hash"] != before.hash():
+        raise ValueError(f"{out_dir}: recipe {recipe['config_hash']} is not this config without its {last} phase")
+    scenes, held_out = recipe_scenes(cfg)
+    tokenizer = AutoTokenizer.from_pretrained(out_dir / "lm")
+    lm = LlamaForCausalLM.from_pretrained(out_dir / "lm", dtype=torch.float32).to(device)
+    t = time.perf_counter()
+    if last == "focus":
+        recipe["text_qa_phase1"] = recipe["text_qa"]
+        lm = focus_chat_lm(cfg, lm, scenes, tokenizer, held_out, log)
+    else:
+        lm = cell_words_chat_lm(cfg, lm, scenes, tokenizer, held_out, log)
+    recipe["seconds"][f"lm_{last}"] = round(time.perf_counter() - t, 1)
+    machine = torch.cuda.get_device_name(device) if str(device).startswith("cuda") else \
+        f"{torch.get_num_threads()} CPU threads"
+    recipe.setdefault("machines", {})[f"lm_{last}"] = f"{machine}, torch {torch.__version__}"  # what seconds mean
+    recipe["seconds"]["total"] = round(recipe["seconds"]["total"] + recipe["seconds"][f"lm_{last}"], 1)
+    recipe.update(text_qa_report(cfg, lm, tokenizer, held_out))
+    recipe.update(config=dataclasses.asdict(cfg), config_hash=cfg.hash())
+    lm.to(torch.bfloat16).save_pretrained(out_dir / "lm")
+    tokenizer.save_pretrained(out_dir / "lm")
+    recipe["files"] = shipped_file_hashes(out_dir)
+    write_atomic(out_dir / "recipe.json", json.dumps(recipe, indent=1))
+    return recipe
+
+
+def text_qa_report(cfg: Stage0Config, lm, tokenizer, held_out) -> dict:
+    """The recipe's check of the chat LM: text-only QA with the scene as a sentence, and as cell words."""
+    report = {"text_qa": text_qa_accuracy(lm, tokenizer, held_out)}
+    if cfg.lm_cells_steps:
+        report["text_qa_cells"] = text_qa_accuracy(
+            lm, tokenizer, held_out, in_words=functools.partial(in_cell_words, where=cfg.lm_cells_where))
+    return report
+
+
+def shipped_file_hashes(out_dir: str | Path) -> dict[str, str]:
+    """sha1 of every weight file, so a check can tell when shipped weights and recipe.json part ways."""
+    out_dir = Path(out_dir)
+    return {str(p.relative_to(out_dir)): file_sha1(p)
+            for p in sorted(out_dir.rglob("*.safetensors"))}
