@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from .config import load_config
+from .files import write_json
 from .data.llava_json import write_llava_json
 from .data.records import load_split
 from .data.shapes import write_shapes_dataset
@@ -71,7 +72,7 @@ def split_coco_subset(source: Path, split: str, out: Path, seed: int) -> dict[st
                     "annotations": [a for a in whole["annotations"] if a["image_id"] in keep]}
             path = annotation_paths(out, name)[0 if kind == "captions" else 1]
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(part), encoding="utf-8")
+            write_json(path, part)
     for image in data["captions"]["images"]:
         src, dst = source / "images" / image["file_name"], out / "images" / image["file_name"]
         if not dst.exists():
@@ -79,11 +80,11 @@ def split_coco_subset(source: Path, split: str, out: Path, seed: int) -> dict[st
                 os.link(src, dst)
             except OSError:  # another file system: copy
                 shutil.copyfile(src, dst)
-    counts = {name: len(keep) for name, keep in parts.items()}
-    (out / "counts.json").write_text(json.dumps(counts))
-    stamp.write_text(json.dumps(settings))
-    for name in parts:  # instructions made from an earlier split are stale
+    for name in parts:  # instructions made from another split are stale
         (out / f"instruct_{name}.json").unlink(missing_ok=True)
+    counts = {name: len(keep) for name, keep in parts.items()}
+    write_json(out / "counts.json", counts)
+    write_json(stamp, settings)  # last: a split interrupted before here is redone
     return counts
 
 
