@@ -48,12 +48,39 @@ def _data_shapes(args: argparse.Namespace) -> None:
           f"in {seconds:.1f} s ({total / seconds:.0f} images/s)")
 
 
+def _add_data_shapes(sub) -> None:
+    """`minillava data shapes`: its arguments, beside its handler above."""
+    p = sub.add_parser("shapes", help="embedded scenes in COCO format",
+                       epilog="example: minillava data shapes --out data/shapes --images 2000 --seed 0")
+    p.add_argument("--out", type=PathArg("out_dir", ("annotations", "images", "settings.json")), required=True)
+    p.add_argument("--images", type=int, default=2000, help="total over train/val/test (80/10/10)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", type=int, default=96, help="image side in pixels (96 for CPU, 224/336 for CLIP)")
+    p.add_argument("--max-objects", type=int, default=4)
+    p.set_defaults(func=_data_shapes)
+
+
 def _data_coco(args: argparse.Namespace) -> None:
     from .data.coco import prepare_coco
 
     summary = prepare_coco(args.split, args.limit, args.out, seed=args.seed, base_url=args.base_url,
                            cache_dir=args.cache_dir, skip_bad=args.skip_bad)
     print(json.dumps(summary, indent=1))
+
+
+def _add_data_coco(sub) -> None:
+    """`minillava data coco`: its arguments, beside its handler above."""
+    p = sub.add_parser("coco", help="download COCO 2017 (resumable, verified) and take a subset",
+                       epilog="example: minillava data coco --split val2017 --limit 500 --out data/coco")
+    p.add_argument("--split", default="val2017", choices=["val2017", "train2017"])
+    p.add_argument("--limit", type=int, required=True)
+    p.add_argument("--out", type=PathArg("out_dir", ("annotations", "images")), required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--base-url", default=None, help="mirror of images.cocodataset.org (or $MINILLAVA_COCO_URL)")
+    p.add_argument("--cache-dir", type=PathArg("out_dir"),
+                   default=None, help="where zips are kept (or $MINILLAVA_CACHE)")
+    p.add_argument("--skip-bad", action="store_true", help="skip and count bad images instead of stopping")
+    p.set_defaults(func=_data_coco)
 
 
 def _data_instruct(args: argparse.Namespace) -> None:
@@ -91,10 +118,36 @@ def _data_instruct(args: argparse.Namespace) -> None:
     print(json.dumps({"report": report, "stats": stats}, indent=1))
 
 
+def _add_data_instruct(sub) -> None:
+    """`minillava data instruct`: its arguments, beside its handler above."""
+    p = sub.add_parser("instruct", help="§3 instruction data as LLaVA JSON",
+                       epilog="example: minillava data instruct --coco data/shapes --split train "
+                              "--teacher rule --out data/instruct_train.json")
+    p.add_argument("--coco", type=IN_COCO, required=True, help="a COCO-format directory (shapes or coco subset)")
+    p.add_argument("--split", required=True)
+    p.add_argument("--teacher", choices=["rule", "chat"], default="rule")
+    p.add_argument("--out", type=PathArg("out_file"), required=True)
+    p.add_argument("--types", default="conv,detail,complex")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--skip-bad", action="store_true", help="skip and count bad records instead of stopping")
+    p.add_argument("--base-url", help="chat teacher: an OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1")
+    p.add_argument("--model", help="chat teacher: model name")
+    p.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the API key")
+    p.set_defaults(func=_data_instruct)
+
+
 def _data_stats(args: argparse.Namespace) -> None:
     from .data.llava_json import dataset_stats, read_llava_json
 
     print(json.dumps(dataset_stats(read_llava_json(args.file)), indent=1))
+
+
+def _add_data_stats(sub) -> None:
+    """`minillava data stats`: its arguments, beside its handler above."""
+    p = sub.add_parser("stats", help="counts per type, turns and lengths of a LLaVA JSON file",
+                       epilog="example: minillava data stats data/shapes/instruct_train.json")
+    p.add_argument("file", type=PathArg("file"))
+    p.set_defaults(func=_data_stats)
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -118,11 +171,37 @@ def _train(args: argparse.Namespace) -> None:
     print(json.dumps({k: v for k, v in summary.items() if k not in ("features", "processor")}, indent=1))
 
 
+def _add_train(sub) -> None:
+    """`minillava train`: its arguments, beside its handler above."""
+    p = sub.add_parser("train", help="train one stage (0: tiny backbones, 1: alignment, 2: instruction tuning)",
+                       epilog="example: minillava train --stage 1 --preset tiny --out runs/s1 stage1_steps=200")
+    p.add_argument("--stage", type=int, choices=[0, 1, 2], required=True)
+    p.add_argument("--preset", default="tiny", help="tiny | small | paper")
+    p.add_argument("--out", type=PathArg("out_dir", ("checkpoints", "log.jsonl", *MODEL_FILES, "recipe.json")),
+                   required=True)  # recipe.json: a stage-0 folder, e.g. minillava/assets/tiny
+    p.add_argument("--resume", action="store_true", help="continue from the newest good checkpoint in --out")
+    p.add_argument("--config", type=PathArg("file"), help="a YAML or JSON file of config fields")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config fields, e.g. stage2_lr=1e-4")
+    p.set_defaults(func=_train)
+
+
 def _quickstart(args: argparse.Namespace) -> None:
     from .quickstart import run_quickstart
 
     run_quickstart(args.out, from_scratch=args.from_scratch, preset=args.preset, overrides=args.overrides,
                    progress=_progress())
+
+
+def _add_quickstart(sub) -> None:
+    """`minillava quickstart`: its arguments, beside its handler above."""
+    p = sub.add_parser("quickstart", help="the main job: data → stage 1 → stage 2 → eval → figures",
+                       epilog="example: minillava quickstart --out runs/quickstart")
+    p.add_argument("--out", type=PathArg("out_dir", ("metrics.json", "data", "stage0", "stage1", "stage2", "bench",
+                                                     "figures")), default=Path("runs/quickstart"))
+    p.add_argument("--from-scratch", action="store_true", help="also re-run stage 0 (tiny CLIP and chat LM)")
+    p.add_argument("--preset", default="tiny")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    p.set_defaults(func=_quickstart)
 
 
 def _chat(args: argparse.Namespace) -> None:
@@ -150,6 +229,19 @@ def _chat(args: argparse.Namespace) -> None:
         history.append((question, reply))
 
 
+def _add_chat(sub) -> None:
+    """`minillava chat`: its arguments, beside its handler above."""
+    p = sub.add_parser("chat", help="answer a question about an image (interactive without QUESTION)",
+                       epilog="example: minillava chat --model runs/quickstart/stage2 --image scene.png "
+                              "'What color is the circle?'")
+    p.add_argument("--model", type=IN_MODEL, required=True)
+    p.add_argument("--image", type=PathArg("file"), required=True)
+    p.add_argument("question", nargs="?")
+    p.add_argument("--max-new-tokens", type=int, default=96)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.set_defaults(func=_chat)
+
+
 def _ablate(args: argparse.Namespace) -> None:
     from .eval.ablations import ABLATION_BUDGET, run_ablations
 
@@ -161,6 +253,21 @@ def _ablate(args: argparse.Namespace) -> None:
     print(f"wrote {args.results}/ablations.json, .md and .png ({len(result['runs'])} runs)")
 
 
+def _add_ablate(sub) -> None:
+    """`minillava ablate`: its arguments, beside its handler above."""
+    p = sub.add_parser("ablate", help="the paper's ablation tables (Table 4, Table 8, MLP vs linear) on the tiny preset",
+                       epilog="example: minillava ablate --out runs/ablate --seeds 0,1,2  (about 40 min on 2 cores; "
+                              "an interrupted run resumes)")
+    p.add_argument("--out", type=PathArg("out_dir"), default=Path("runs/ablate"), help="one directory per arm and seed")
+    p.add_argument("--results", type=PathArg("out_dir"),
+                   default=Path("results"), help="where ablations.json/.md/.png go")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--arms", default="", help="comma-separated subset of the arms (default: all)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="budget changes, e.g. stage2_steps=600")
+    p.set_defaults(func=_ablate)
+
+
 def _figures(args: argparse.Namespace) -> None:
     from .viz.figures import make_figures
 
@@ -168,10 +275,28 @@ def _figures(args: argparse.Namespace) -> None:
     print(json.dumps({k: v for k, v in measured.items() if k != "modality_gap"}, indent=1))
 
 
+def _add_figures(sub) -> None:
+    """`minillava figures`: its arguments, beside its handler above."""
+    p = sub.add_parser("figures", help="every figure (loss, attention, projector) from a quickstart model",
+                       epilog="example: minillava figures --model runs/quickstart/stage2 --out figures/")
+    p.add_argument("--model", type=IN_MODEL, required=True, help="a stage-2 model directory of a quickstart run")
+    p.add_argument("--out", type=PathArg("out_dir"), default=Path("figures"))
+    p.set_defaults(func=_figures)
+
+
 def _export(args: argparse.Namespace) -> None:
     from .model.export import export_model
 
     print(f"exported to {export_model(args.model, args.out)}")
+
+
+def _add_export(sub) -> None:
+    """`minillava export`: its arguments, beside its handler above."""
+    p = sub.add_parser("export", help="write transformers LlavaForConditionalGeneration format",
+                       epilog="example: minillava export --model runs/quickstart/stage2 --out hf_llava")
+    p.add_argument("--model", type=IN_MODEL, required=True)
+    p.add_argument("--out", type=PathArg("out_dir", MODEL_FILES), required=True)
+    p.set_defaults(func=_export)
 
 
 def _demo(args: argparse.Namespace) -> None:
@@ -186,6 +311,18 @@ def _demo(args: argparse.Namespace) -> None:
         raise SystemExit(2) from None
 
 
+def _add_demo(sub) -> None:
+    """`minillava demo`: its arguments, beside its handler above."""
+    p = sub.add_parser("demo", help="a web chat about an image (Gradio), with the attention map",
+                       epilog="example: minillava demo --model runs/quickstart/stage2 --port 7860  "
+                              "(needs: pip install 'minillava[demo]')")
+    p.add_argument("--model", type=IN_MODEL, required=True)
+    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--host", default="127.0.0.1", help="0.0.0.0 serves other machines too")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.set_defaults(func=_demo)
+
+
 def _data_llava_instruct(args: argparse.Namespace) -> None:
     from .data.llava_instruct import format_report, prepare_llava_instruct
 
@@ -195,6 +332,22 @@ def _data_llava_instruct(args: argparse.Namespace) -> None:
     print(f"wrote {report['kept']} samples to {args.out}")
 
 
+def _add_data_llava_instruct(sub) -> None:
+    """`minillava data llava-instruct`: its arguments, beside its handler above."""
+    p = sub.add_parser("llava-instruct", help="the published LLaVA-Instruct-150K/80K JSON, kept to a COCO subset",
+                       epilog="example: minillava data llava-instruct --json llava_instruct_150k.json "
+                              "--coco data/coco_train --split train2017 --out data/coco_train/instruct.json")
+    p.add_argument("--json", type=PathArg("file"),
+                   required=True, help="llava_instruct_150k.json (or -80k, or one of its parts)")
+    p.add_argument("--coco", type=IN_COCO, required=True, help="a subset made by `minillava data coco`")
+    p.add_argument("--split", default="train2017", help="LLaVA-Instruct uses COCO train2017 images")
+    p.add_argument("--out", type=PathArg("out_file"), required=True)
+    p.add_argument("--tokenizer", help="also check the per-turn tokenisation under --template (tiny, a dir or hub id)")
+    p.add_argument("--template", default="vicuna_v1")
+    p.add_argument("--type", choices=["conv", "detail", "complex"], help="tag every sample with this response type")
+    p.set_defaults(func=_data_llava_instruct)
+
+
 def _data_bench(args: argparse.Namespace) -> None:
     from .data.records import load_split
     from .eval.bench import make_embedded_bench
@@ -202,6 +355,18 @@ def _data_bench(args: argparse.Namespace) -> None:
     paths = make_embedded_bench(load_split(args.coco, args.split), args.out, n_images=args.images, seed=args.seed,
                                 image_root=args.coco / "images")
     print(json.dumps({k: str(v) for k, v in paths.items()}, indent=1))
+
+
+def _add_data_bench(sub) -> None:
+    """`minillava data bench`: its arguments, beside its handler above."""
+    p = sub.add_parser("bench", help="an embedded LLaVA-Bench: 30 held-out images × 3 categories",
+                       epilog="example: minillava data bench --coco data/shapes --split test --out runs/bench")
+    p.add_argument("--coco", type=IN_COCO, required=True)
+    p.add_argument("--split", default="test")
+    p.add_argument("--out", type=PathArg("out_dir", ("questions.jsonl",)), required=True)
+    p.add_argument("--images", type=int, default=30)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_data_bench)
 
 
 # the authors' file names, looked for beside --bench when --references / --context are not given
@@ -267,6 +432,37 @@ def _eval(args: argparse.Namespace) -> None:
                                             "(as llava/eval/summarize_gpt_review.py computes it)"))
 
 
+def _add_eval(sub) -> None:
+    """`minillava eval`: its arguments, beside its handler above."""
+    p = sub.add_parser("eval", help="LLaVA-Bench relative scores per category (§5); the authors' files",
+                       epilog="examples: minillava eval --model runs/quickstart/stage2 "
+                              "--bench runs/quickstart/bench/questions.jsonl --judge rule;  "
+                              "minillava eval --answers answers/llava.jsonl --bench qa90_questions.jsonl "
+                              "--references qa90_gpt4_answer.jsonl --context caps_boxes_coco2014_val_80.jsonl "
+                              "--judge chat --base-url http://127.0.0.1:8000/v1 --judge-model gpt-4")
+    p.add_argument("--model", type=IN_MODEL, help="a model directory to answer the questions with")
+    p.add_argument("--bench", type=PathArg("file"), required=True,
+                   help="the questions (qa90_questions.jsonl, questions.jsonl, ...: any name)")
+    p.add_argument("--references", type=PathArg("file"), help="reference answers (default: beside --bench, one of "
+                   + ", ".join(REFERENCE_NAMES) + ")")
+    p.add_argument("--context", type=PathArg("file"),
+                   help="what the judge reads for each image (default: beside --bench, "
+                   "one of " + ", ".join(CONTEXT_NAMES) + ")")
+    p.add_argument("--images", type=PathArg("dir"),
+                   help="the folder of the bench's images (default: beside --bench or in "
+                   "its images/)")
+    p.add_argument("--judge", choices=["rule", "chat"], default="rule")
+    p.add_argument("--answers", type=PathArg("file"), help="score an answers file made elsewhere (the authors' format) "
+                   "instead of running --model")
+    p.add_argument("--out", type=PathArg("out_file"), default=Path("runs/eval/result.json"),
+                   help="result.json; beside it result_answers.jsonl and result_reviews.jsonl (authors' formats)")
+    p.add_argument("--base-url", help="chat judge: an OpenAI-compatible endpoint")
+    p.add_argument("--judge-model", help="chat judge: model name")
+    p.add_argument("--api-key-env", default="OPENAI_API_KEY")
+    p.add_argument("--repeats", type=int, default=1, help="chat judge: judge each pair k times (mean ± sd)")
+    p.set_defaults(func=_eval)
+
+
 def _cache_features(args: argparse.Namespace) -> None:
     """Z_v of every image of a split, once, into the disk cache that training reads (feature_cache_dir)."""
     from types import SimpleNamespace
@@ -296,6 +492,23 @@ def _cache_features(args: argparse.Namespace) -> None:
           f"train with feature_cache_dir={args.out}")
 
 
+def _add_cache_features(sub) -> None:
+    """`minillava cache-features`: its arguments, beside its handler above."""
+    p = sub.add_parser("cache-features", help="compute the frozen tower's features once into a disk cache",
+                       epilog="example: minillava cache-features --preset tiny --data data/shapes --split train "
+                              "--out data/feature_cache   (then train with feature_cache_dir=data/feature_cache)")
+    p.add_argument("--preset", default="tiny", help="tiny | small | paper")
+    p.add_argument("--model-config", type=PathArg("file"),
+                   help="a YAML or JSON file of config fields (vision_name, layer, ...)")
+    p.add_argument("--data", type=IN_COCO, required=True, help="a COCO-format directory")
+    p.add_argument("--split", default="train")
+    p.add_argument("--out", type=PathArg("out_dir"),
+                   required=True, help="the cache root (config field feature_cache_dir)")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="config fields, e.g. vision_select_layer=-1 feature_cache_dtype=fp16")
+    p.set_defaults(func=_cache_features)
+
+
 def _plan(args: argparse.Namespace) -> None:
     from .config import load_config
     from .plan import format_plan, make_plan
@@ -308,66 +521,11 @@ def _plan(args: argparse.Namespace) -> None:
     print(json.dumps(plan, indent=1, default=str) if args.json else format_plan(plan))
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="minillava", description="An annotated, runnable LLaVA (Visual Instruction Tuning, NeurIPS 2023).",
-        epilog="example: minillava data shapes --out data/shapes --images 2000 --seed 0")
-    parser.add_argument("--version", action="version", version=f"minillava {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True)
-
-    data = commands.add_parser("data", help="make or inspect training data (§3)")
-    data_cmds = data.add_subparsers(dest="data_command", required=True)
-
-    p = data_cmds.add_parser("shapes", help="embedded scenes in COCO format",
-                             epilog="example: minillava data shapes --out data/shapes --images 2000 --seed 0")
-    p.add_argument("--out", type=PathArg("out_dir", ("annotations", "images", "settings.json")), required=True)
-    p.add_argument("--images", type=int, default=2000, help="total over train/val/test (80/10/10)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--size", type=int, default=96, help="image side in pixels (96 for CPU, 224/336 for CLIP)")
-    p.add_argument("--max-objects", type=int, default=4)
-    p.set_defaults(func=_data_shapes)
-
-    p = data_cmds.add_parser("coco", help="download COCO 2017 (resumable, verified) and take a subset",
-                             epilog="example: minillava data coco --split val2017 --limit 500 --out data/coco")
-    p.add_argument("--split", default="val2017", choices=["val2017", "train2017"])
-    p.add_argument("--limit", type=int, required=True)
-    p.add_argument("--out", type=PathArg("out_dir", ("annotations", "images")), required=True)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--base-url", default=None, help="mirror of images.cocodataset.org (or $MINILLAVA_COCO_URL)")
-    p.add_argument("--cache-dir", type=PathArg("out_dir"),
-                   default=None, help="where zips are kept (or $MINILLAVA_CACHE)")
-    p.add_argument("--skip-bad", action="store_true", help="skip and count bad images instead of stopping")
-    p.set_defaults(func=_data_coco)
-
-    p = data_cmds.add_parser("instruct", help="§3 instruction data as LLaVA JSON",
-                             epilog="example: minillava data instruct --coco data/shapes --split train "
-                                    "--teacher rule --out data/instruct_train.json")
-    p.add_argument("--coco", type=IN_COCO, required=True, help="a COCO-format directory (shapes or coco subset)")
-    p.add_argument("--split", required=True)
-    p.add_argument("--teacher", choices=["rule", "chat"], default="rule")
-    p.add_argument("--out", type=PathArg("out_file"), required=True)
-    p.add_argument("--types", default="conv,detail,complex")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--skip-bad", action="store_true", help="skip and count bad records instead of stopping")
-    p.add_argument("--base-url", help="chat teacher: an OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1")
-    p.add_argument("--model", help="chat teacher: model name")
-    p.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the API key")
-    p.set_defaults(func=_data_instruct)
-
-    p = commands.add_parser("train", help="train one stage (0: tiny backbones, 1: alignment, 2: instruction tuning)",
-                            epilog="example: minillava train --stage 1 --preset tiny --out runs/s1 stage1_steps=200")
-    p.add_argument("--stage", type=int, choices=[0, 1, 2], required=True)
-    p.add_argument("--preset", default="tiny", help="tiny | small | paper")
-    p.add_argument("--out", type=PathArg("out_dir", ("checkpoints", "log.jsonl", *MODEL_FILES, "recipe.json")),
-                   required=True)  # recipe.json: a stage-0 folder, e.g. minillava/assets/tiny
-    p.add_argument("--resume", action="store_true", help="continue from the newest good checkpoint in --out")
-    p.add_argument("--config", type=PathArg("file"), help="a YAML or JSON file of config fields")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="config fields, e.g. stage2_lr=1e-4")
-    p.set_defaults(func=_train)
-
-    p = commands.add_parser("plan", help="parameters, tokens, FLOPs and peak memory per stage; which GPUs fit",
-                            epilog="example: minillava plan --preset small stage2_batch=32   (no download: configs "
-                                   "of the preset's backbones are built in; a local directory is read)")
+def _add_plan(sub) -> None:
+    """`minillava plan`: its arguments, beside its handler above."""
+    p = sub.add_parser("plan", help="parameters, tokens, FLOPs and peak memory per stage; which GPUs fit",
+                       epilog="example: minillava plan --preset small stage2_batch=32   (no download: configs "
+                              "of the preset's backbones are built in; a local directory is read)")
     p.add_argument("--preset", default="small", help="tiny | small | paper")
     p.add_argument("--config", type=PathArg("file"), help="a YAML or JSON file of config fields")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
@@ -376,126 +534,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config fields, e.g. lora_r=64 grad_accum=2")
     p.set_defaults(func=_plan)
 
-    p = commands.add_parser("quickstart", help="the main job: data → stage 1 → stage 2 → eval → figures",
-                            epilog="example: minillava quickstart --out runs/quickstart")
-    p.add_argument("--out", type=PathArg("out_dir", ("metrics.json", "data", "stage0", "stage1", "stage2", "bench",
-                                                     "figures")), default=Path("runs/quickstart"))
-    p.add_argument("--from-scratch", action="store_true", help="also re-run stage 0 (tiny CLIP and chat LM)")
-    p.add_argument("--preset", default="tiny")
-    p.add_argument("overrides", nargs="*", metavar="key=value")
-    p.set_defaults(func=_quickstart)
 
-    p = commands.add_parser("chat", help="answer a question about an image (interactive without QUESTION)",
-                            epilog="example: minillava chat --model runs/quickstart/stage2 --image scene.png "
-                                   "'What color is the circle?'")
-    p.add_argument("--model", type=IN_MODEL, required=True)
-    p.add_argument("--image", type=PathArg("file"), required=True)
-    p.add_argument("question", nargs="?")
-    p.add_argument("--max-new-tokens", type=int, default=96)
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    p.set_defaults(func=_chat)
-
-    p = commands.add_parser("eval", help="LLaVA-Bench relative scores per category (§5); the authors' files",
-                            epilog="examples: minillava eval --model runs/quickstart/stage2 "
-                                   "--bench runs/quickstart/bench/questions.jsonl --judge rule;  "
-                                   "minillava eval --answers answers/llava.jsonl --bench qa90_questions.jsonl "
-                                   "--references qa90_gpt4_answer.jsonl --context caps_boxes_coco2014_val_80.jsonl "
-                                   "--judge chat --base-url http://127.0.0.1:8000/v1 --judge-model gpt-4")
-    p.add_argument("--model", type=IN_MODEL, help="a model directory to answer the questions with")
-    p.add_argument("--bench", type=PathArg("file"), required=True,
-                   help="the questions (qa90_questions.jsonl, questions.jsonl, ...: any name)")
-    p.add_argument("--references", type=PathArg("file"), help="reference answers (default: beside --bench, one of "
-                   + ", ".join(REFERENCE_NAMES) + ")")
-    p.add_argument("--context", type=PathArg("file"),
-                   help="what the judge reads for each image (default: beside --bench, "
-                   "one of " + ", ".join(CONTEXT_NAMES) + ")")
-    p.add_argument("--images", type=PathArg("dir"),
-                   help="the folder of the bench's images (default: beside --bench or in "
-                   "its images/)")
-    p.add_argument("--judge", choices=["rule", "chat"], default="rule")
-    p.add_argument("--answers", type=PathArg("file"), help="score an answers file made elsewhere (the authors' format) "
-                   "instead of running --model")
-    p.add_argument("--out", type=PathArg("out_file"), default=Path("runs/eval/result.json"),
-                   help="result.json; beside it result_answers.jsonl and result_reviews.jsonl (authors' formats)")
-    p.add_argument("--base-url", help="chat judge: an OpenAI-compatible endpoint")
-    p.add_argument("--judge-model", help="chat judge: model name")
-    p.add_argument("--api-key-env", default="OPENAI_API_KEY")
-    p.add_argument("--repeats", type=int, default=1, help="chat judge: judge each pair k times (mean ± sd)")
-    p.set_defaults(func=_eval)
-
-    p = commands.add_parser("ablate", help="the paper's ablation tables (Table 4, Table 8, MLP vs linear) on the tiny preset",
-                            epilog="example: minillava ablate --out runs/ablate --seeds 0,1,2  (about 40 min on 2 cores; "
-                                   "an interrupted run resumes)")
-    p.add_argument("--out", type=PathArg("out_dir"), default=Path("runs/ablate"), help="one directory per arm and seed")
-    p.add_argument("--results", type=PathArg("out_dir"),
-                   default=Path("results"), help="where ablations.json/.md/.png go")
-    p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--arms", default="", help="comma-separated subset of the arms (default: all)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="budget changes, e.g. stage2_steps=600")
-    p.set_defaults(func=_ablate)
-
-    p = commands.add_parser("figures", help="every figure (loss, attention, projector) from a quickstart model",
-                            epilog="example: minillava figures --model runs/quickstart/stage2 --out figures/")
-    p.add_argument("--model", type=IN_MODEL, required=True, help="a stage-2 model directory of a quickstart run")
-    p.add_argument("--out", type=PathArg("out_dir"), default=Path("figures"))
-    p.set_defaults(func=_figures)
-
-    p = commands.add_parser("export", help="write transformers LlavaForConditionalGeneration format",
-                            epilog="example: minillava export --model runs/quickstart/stage2 --out hf_llava")
-    p.add_argument("--model", type=IN_MODEL, required=True)
-    p.add_argument("--out", type=PathArg("out_dir", MODEL_FILES), required=True)
-    p.set_defaults(func=_export)
-
-    p = data_cmds.add_parser("bench", help="an embedded LLaVA-Bench: 30 held-out images × 3 categories",
-                             epilog="example: minillava data bench --coco data/shapes --split test --out runs/bench")
-    p.add_argument("--coco", type=IN_COCO, required=True)
-    p.add_argument("--split", default="test")
-    p.add_argument("--out", type=PathArg("out_dir", ("questions.jsonl",)), required=True)
-    p.add_argument("--images", type=int, default=30)
-    p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=_data_bench)
-
-    p = data_cmds.add_parser("stats", help="counts per type, turns and lengths of a LLaVA JSON file",
-                             epilog="example: minillava data stats data/shapes/instruct_train.json")
-    p.add_argument("file", type=PathArg("file"))
-    p.set_defaults(func=_data_stats)
-
-    p = data_cmds.add_parser("llava-instruct", help="the published LLaVA-Instruct-150K/80K JSON, kept to a COCO subset",
-                             epilog="example: minillava data llava-instruct --json llava_instruct_150k.json "
-                                    "--coco data/coco_train --split train2017 --out data/coco_train/instruct.json")
-    p.add_argument("--json", type=PathArg("file"),
-                   required=True, help="llava_instruct_150k.json (or -80k, or one of its parts)")
-    p.add_argument("--coco", type=IN_COCO, required=True, help="a subset made by `minillava data coco`")
-    p.add_argument("--split", default="train2017", help="LLaVA-Instruct uses COCO train2017 images")
-    p.add_argument("--out", type=PathArg("out_file"), required=True)
-    p.add_argument("--tokenizer", help="also check the per-turn tokenisation under --template (tiny, a dir or hub id)")
-    p.add_argument("--template", default="vicuna_v1")
-    p.add_argument("--type", choices=["conv", "detail", "complex"], help="tag every sample with this response type")
-    p.set_defaults(func=_data_llava_instruct)
-
-    p = commands.add_parser("demo", help="a web chat about an image (Gradio), with the attention map",
-                            epilog="example: minillava demo --model runs/quickstart/stage2 --port 7860  "
-                                   "(needs: pip install 'minillava[demo]')")
-    p.add_argument("--model", type=IN_MODEL, required=True)
-    p.add_argument("--port", type=int, default=7860)
-    p.add_argument("--host", default="127.0.0.1", help="0.0.0.0 serves other machines too")
-    p.add_argument("--max-new-tokens", type=int, default=64)
-    p.set_defaults(func=_demo)
-
-    p = commands.add_parser("cache-features", help="compute the frozen tower's features once into a disk cache",
-                            epilog="example: minillava cache-features --preset tiny --data data/shapes --split train "
-                                   "--out data/feature_cache   (then train with feature_cache_dir=data/feature_cache)")
-    p.add_argument("--preset", default="tiny", help="tiny | small | paper")
-    p.add_argument("--model-config", type=PathArg("file"),
-                   help="a YAML or JSON file of config fields (vision_name, layer, ...)")
-    p.add_argument("--data", type=IN_COCO, required=True, help="a COCO-format directory")
-    p.add_argument("--split", default="train")
-    p.add_argument("--out", type=PathArg("out_dir"),
-                   required=True, help="the cache root (config field feature_cache_dir)")
-    p.add_argument("overrides", nargs="*", metavar="key=value",
-                   help="config fields, e.g. vision_select_layer=-1 feature_cache_dtype=fp16")
-    p.set_defaults(func=_cache_features)
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="minillava", description="An annotated, runnable LLaVA (Visual Instruction Tuning, NeurIPS 2023).",
+        epilog="example: minillava data shapes --out data/shapes --images 2000 --seed 0")
+    parser.add_argument("--version", action="version", version=f"minillava {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    data = commands.add_parser("data", help="make or inspect training data (§3)")
+    data_cmds = data.add_subparsers(dest="data_command", required=True)
+    for add in (_add_data_shapes,
+                _add_data_coco,
+                _add_data_instruct,
+                _add_data_bench,
+                _add_data_stats,
+                _add_data_llava_instruct):
+        add(data_cmds)
+    for add in (_add_train,
+                _add_plan,
+                _add_quickstart,
+                _add_chat,
+                _add_eval,
+                _add_ablate,
+                _add_figures,
+                _add_export,
+                _add_demo,
+                _add_cache_features):
+        add(commands)
     return parser
 
 
