@@ -9,6 +9,9 @@ schedule with warmup, gradient accumulation and clipping, bf16 autocast on CUDA.
 checkpoint (``checkpoint.py``) holds the trained weights, the optimiser, the scheduler, RNG states and the step;
 data order is a function of (seed, step), so ``resume`` continues exactly. Under ``torchrun`` each process takes a
 disjoint slice of every global batch and DDP averages gradients.
+
+Over 300 lines because a stage reads top to bottom in one file: the recipe's parts (devices, optimiser, schedule),
+the loop (``train_stage`` → ``train_step``), then ``run_stage``: data → model → loop → model directory.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from typing import Callable
 import torch
 
 from . import checkpoint
-from .config import Config
+from .config import Config, StageConfig
 from .data.dataset import InstructDataset
 from .faults import fault_point
 from .model import lora
@@ -55,7 +58,7 @@ def resolve_device(name: str) -> str:
     return "cpu"
 
 
-# --- optimiser, schedule, memory and speed --------------------------------------------------------------------------
+# --- optimiser, schedule, memory and speed -----------------------------------------------------------------
 
 def cosine_with_warmup(total_steps: int, warmup_ratio: float):
     warmup = max(1, math.ceil(total_steps * warmup_ratio))
@@ -195,7 +198,7 @@ def train_stage(model, dataset: InstructDataset, cfg: Config, stage: int, out_di
     settings = cfg.stage(stage)
     t = prepare(model, cfg, stage, out_dir)
     start = checkpoint.resume(out_dir, cfg, stage, model, t.optimizer, t.scheduler, t.log) if resume else 0
-    log = StepLog(out_dir / log_file, stage, start, settings.steps, settings.batch, cfg.log_every, t.rank, progress)
+    log = StepLog(out_dir / log_file, settings, start, cfg.log_every, t.rank, progress)
     losses = []
     for step in log.bar:
         indices = dataset.batch_indices(step, settings.batch, cfg.seed, cfg.group_by_length)  # the global batch
@@ -282,29 +285,27 @@ class StepLog:
     A fresh run starts the file anew; a resumed one drops what was logged after the checkpoint it resumes from.
     """
 
-    def __init__(self, path: Path, stage: int, start: int, steps: int, batch: int, every: int, rank: int,
-                 progress: bool):
+    def __init__(self, path: Path, settings: StageConfig, start: int, every: int, rank: int, progress: bool):
         from tqdm.auto import tqdm
 
         if start == 0 and rank == 0:
             path.unlink(missing_ok=True)  # a fresh run into an old directory must not append to its curve
         elif rank == 0:
-            checkpoint.rewind(path, stage, start)  # steps logged after the checkpoint are about to be redone
-        self.path, self.stage, self.start, self.steps, self.batch, self.every, self.rank = \
-            path, stage, start, steps, batch, every, rank
+            checkpoint.rewind(path, settings.number, start)  # steps logged after the checkpoint are redone
+        self.path, self.settings, self.start, self.every, self.rank = path, settings, start, every, rank
         self.t0, self.tokens = time.perf_counter(), 0
-        self.bar = tqdm(range(start, steps), desc=f"stage {stage}", disable=not progress or rank != 0,
-                        initial=start, total=steps)
+        self.bar = tqdm(range(start, settings.steps), desc=f"stage {settings.number}", initial=start,
+                        total=settings.steps, disable=not progress or rank != 0)
 
     def write(self, done: int, loss: float, grad_norm: torch.Tensor, lr: float, tokens: int,
               evaluate: Callable[[], dict] | None) -> None:
         self.tokens += tokens
-        if self.rank != 0 or not (done % self.every == 0 or done == self.steps or evaluate):
+        if self.rank != 0 or not (done % self.every == 0 or done == self.settings.steps or evaluate):
             return
         elapsed = time.perf_counter() - self.t0
-        record = {"stage": self.stage, "step": done, "loss": round(loss, 5), "lr": lr,
+        record = {"stage": self.settings.number, "step": done, "loss": round(loss, 5), "lr": lr,
                   "grad_norm": round(float(grad_norm), 4),
-                  "samples_per_s": round((done - self.start) * self.batch / elapsed, 2),
+                  "samples_per_s": round((done - self.start) * self.settings.batch / elapsed, 2),
                   "tokens_per_s": round(self.tokens / elapsed, 1)}
         if evaluate:
             record.update(evaluate())
