@@ -361,18 +361,25 @@ def run_stage(cfg: Config, stage: int, out_dir: str | Path, *, resume: bool = Fa
         new = image_features(missing)
         features = {**(features or {}), **dict(zip(missing, new))}
     dataset.attach_features(torch.stack([features[name] for name in dataset.images]))
-    eval_fn = None
-    if cfg.eval_every and (data_dir / "annotations" / "captions_val.json").is_file():
-        val_samples, val_source = stage_samples(cfg, stage, data_dir, split="val")
-        val = InstructDataset(val_samples[:128], model.tokenizer, dataset_template(cfg, stage, model.tokenizer),
-                              image_tokens=model.num_image_tokens, max_length=cfg.max_length, source=val_source)
-        val.attach_features(image_features(val.images))
-        eval_fn = lambda m: {"val_loss": round(validation_loss(m, val), 5)}  # noqa: E731
+    eval_fn = held_out_eval(cfg, stage, model, image_features)
     summary = train_stage(model, dataset, cfg, stage, out_dir, resume=resume, eval_fn=eval_fn, progress=progress)
     if dist_info()[0] == 0:
         save_model(model, cfg, out_dir, include_lm=trains_lm(stage), extra={"stage": stage})
     summary["features"], summary["processor"] = features, processor
     return model, summary
+
+
+def held_out_eval(cfg: Config, stage: int, model, image_features):
+    """The eval hook of ``train_stage``: the answer-token loss on up to 128 samples of the val split, or None when
+    ``eval_every`` is 0 or there is no val split."""
+    data_dir = Path(cfg.data_dir)
+    if not cfg.eval_every or not (data_dir / "annotations" / "captions_val.json").is_file():
+        return None
+    samples, source = stage_samples(cfg, stage, data_dir, split="val")
+    val = InstructDataset(samples[:128], model.tokenizer, dataset_template(cfg, stage, model.tokenizer),
+                          image_tokens=model.num_image_tokens, max_length=cfg.max_length, source=source)
+    val.attach_features(image_features(val.images))
+    return lambda m: {"val_loss": round(validation_loss(m, val), 5)}
 
 
 def feature_source(model, processor, cfg: Config, progress: bool = True):
