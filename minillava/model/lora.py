@@ -5,9 +5,9 @@ linear map W₀ ∈ R^{d_out×d_in} (here the attention projections q, k, v, o),
 
     h = W₀ x + (α / r) · B A x,     A ∈ R^{r×d_in} (random),  B ∈ R^{d_out×r} (zeros: training starts at W₀)
 
-The projector W stays fully trained, as in the paper; the vision tower stays frozen. Checkpoints hold only the
-adapter (A, B) and the projector; a finished model is saved with the adapter *merged* (W₀ + (α/r)·BA), so a model
-directory loads with plain transformers, without peft. QLoRA (Dettmers et al., 2023) keeps W₀ in 4-bit NF4; that
+The projector W stays fully trained, as in the paper; the vision tower stays frozen (``freeze.set_trainable``).
+Checkpoints hold only the adapter (A, B) and the projector; a finished model is saved with the adapter *merged*
+(W₀ + (α/r)·BA) on a copy, so a model directory loads with plain transformers, without peft (``checkpoint.py``). QLoRA (Dettmers et al., 2023) keeps W₀ in 4-bit NF4; that
 needs bitsandbytes and a CUDA GPU.
 
 peft is an optional extra (``pip install 'minillava[lora]'``), imported only when LoRA is switched on.
