@@ -20,6 +20,25 @@ class ConfigError(ValueError):
     """An invalid preset name, key or value; the message names it."""
 
 
+@dataclass(frozen=True)
+class StageConfig:
+    """One §4.2 training stage's settings, read from the flat ``stage{1,2}_*`` fields (``cfg.stage(2).lr``).
+
+    The flat fields stay the source of truth: they are the ``key=value`` names of the command line and the keys
+    of every saved ``config.json``. This view only lets the trainer name a stage's settings without building
+    field names from strings.
+    """
+    number: int
+    steps: int        # optimiser steps
+    batch: int        # global batch: processes × grad_accum × micro-batch
+    lr: float         # peak learning rate of the cosine schedule
+    template: str     # conversation template (conversation.TEMPLATE_NAMES)
+
+    def field(self, name: str) -> str:
+        """The flat Config field behind ``name``, e.g. ``stage2_batch``: what error messages and resume checks cite."""
+        return f"stage{self.number}_{name}"
+
+
 @dataclass
 class Config:
     preset: str = "tiny"
@@ -112,6 +131,14 @@ class Config:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def stage(self, number: int) -> StageConfig:
+        """Stage 1 (feature alignment) or stage 2 (end-to-end instruction tuning) as one frozen record."""
+        if number == 1:
+            return StageConfig(1, self.stage1_steps, self.stage1_batch, self.stage1_lr, self.stage1_template)
+        if number == 2:
+            return StageConfig(2, self.stage2_steps, self.stage2_batch, self.stage2_lr, self.stage2_template)
+        raise ValueError(f"LLaVA trains in stages 1 and 2 (§4.2), not {number}")
+
 
 PRESETS: dict[str, dict] = {
     "tiny": {},
@@ -128,7 +155,7 @@ PRESETS: dict[str, dict] = {
 
 
 def _coerce(name: str, value, kind):
-    if kind is bool and isinstance(value, str):
+    if kind is bool and isinstance(value, str):  # bool("false") is True: read the word, not its truthiness
         if value.lower() in ("1", "true", "yes", "on"):
             return True
         if value.lower() in ("0", "false", "no", "off"):
@@ -140,19 +167,30 @@ def _coerce(name: str, value, kind):
         raise ConfigError(f"config field '{name}': expected {kind.__name__}, got {value!r}") from None
 
 
-def config_from_overrides(cls, overrides: list[str]):
-    """A config dataclass (e.g. ``Stage0Config``) from ``key=value`` strings, parsed as ``load_config`` parses them:
-    unknown keys and bad values are one-line errors, and ``false`` / ``0`` / ``no`` / ``off`` mean False."""
-    types = {f.name: type(f.default) for f in fields(cls)}
+def parse_overrides(items: list[str]) -> dict[str, str]:
+    """``key=value`` strings (the command line's form) → {key: value}, both sides stripped; a later key wins."""
     values = {}
-    for item in overrides:
+    for item in items:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not key=value")
         key, value = (part.strip() for part in item.split("=", 1))
+        values[key] = value
+    return values
+
+
+def coerce_fields(cls, values: dict) -> dict:
+    """Each value cast to the type of ``cls``'s field of that name; unknown keys and bad values are one-line
+    errors, and ``false`` / ``0`` / ``no`` / ``off`` mean False."""
+    types = {f.name: type(f.default) for f in fields(cls)}
+    for key in values:
         if key not in types:
             raise ConfigError(f"unknown config field {key!r}")
-        values[key] = _coerce(key, value, types[key])
-    return cls(**values)
+    return {k: _coerce(k, v, types[k]) for k, v in values.items()}
+
+
+def config_from_overrides(cls, overrides: list[str]):
+    """A config dataclass (e.g. ``Stage0Config``) from ``key=value`` strings, parsed as ``load_config`` parses them."""
+    return cls(**coerce_fields(cls, parse_overrides(overrides)))
 
 
 def load_config(preset: str = "tiny", overrides: list[str] | dict | None = None, file: str | Path | None = None) -> Config:
@@ -180,18 +218,11 @@ def load_config(preset: str = "tiny", overrides: list[str] | dict | None = None,
         values.update(overrides)
         from_file -= set(overrides)
     else:
-        for item in overrides or []:
-            if "=" not in item:
-                raise ConfigError(f"override {item!r} is not key=value")
-            key, value = item.split("=", 1)
-            values[key.strip()] = value
-            from_file.discard(key.strip())
-    types = {f.name: type(f.default) for f in fields(Config)}
+        parsed = parse_overrides(overrides or [])
+        values.update(parsed)
+        from_file -= set(parsed)
     try:
-        for key in values:
-            if key not in types:
-                raise ConfigError(f"unknown config field {key!r}")
-        return Config(**{k: _coerce(k, v, types[k]) for k, v in values.items()}).validate()
+        return Config(**coerce_fields(Config, values)).validate()
     except ConfigError as e:
         named = re.match(r"(?:unknown )?config field '(\w+)'", str(e))
         if named and named.group(1) in from_file:

@@ -3,32 +3,36 @@
     stage 1  feature alignment      trainable: W            frozen: g, f_φ     template: plain
     stage 2  end-to-end tuning      trainable: W and f_φ    frozen: g          template: vicuna_v1 or the LM's chat
 
-Recipe: AdamW, cosine schedule with warmup, gradient accumulation and clipping, bf16 autocast on CUDA.
-Every ``save_every`` steps a checkpoint (safetensors + JSON) holds the trainable weights, the optimiser, the
-scheduler, RNG states and the step; data order is a function of (seed, step), so ``resume`` continues exactly.
-Under ``torchrun`` each process takes a disjoint slice of every global batch and DDP averages gradients.
+Which parameters train is the model's freeze policy (``model/freeze.py``). Each step minimises eq. 3: the summed
+-log p of the answer tokens of the global batch, divided by their count (``train_step``). Recipe: AdamW, cosine
+schedule with warmup, gradient accumulation and clipping, bf16 autocast on CUDA. Every ``save_every`` steps a
+checkpoint (``checkpoint.py``) holds the trained weights, the optimiser, the scheduler, RNG states and the step;
+data order is a function of (seed, step), so ``resume`` continues exactly. Under ``torchrun`` each process takes a
+disjoint slice of every global batch and DDP averages gradients.
+
+Over 300 lines because a stage reads top to bottom in one file: the recipe's parts (devices, optimiser, schedule),
+the loop (``train_stage`` → ``train_step``), then ``run_stage``: data → model → loop → model directory.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import math
 import os
-import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
-from safetensors.torch import load_file, save_file
 
-from .config import Config
+from . import checkpoint
+from .config import Config, StageConfig
 from .data.dataset import InstructDataset
-from .model import lora
 from .faults import fault_point
-
-STAGES = {1: dict(train_lm=False), 2: dict(train_lm=True)}
+from .model import lora
+from .model.freeze import STAGES, set_trainable, trains_lm  # noqa: F401  STAGES, set_trainable: re-exported
 
 
 # --- distributed helpers (a no-op in one process) ------------------------------------------------------------
@@ -54,17 +58,7 @@ def resolve_device(name: str) -> str:
     return "cpu"
 
 
-# --- freeze policy, optimiser, schedule -------------------------------------------------------------------
-
-def set_trainable(model, stage: int) -> list[torch.nn.Parameter]:
-    """Vision always frozen; the LM trains only in stage 2 (with LoRA, only its adapter); W always trains."""
-    model.vision.requires_grad_(False)
-    model.lm.requires_grad_(STAGES[stage]["train_lm"])
-    model.projector.requires_grad_(True)
-    if STAGES[stage]["train_lm"] and lora.has_lora(model.lm):
-        lora.mark_trainable(model)  # A, B and W train; f_φ's own weights stay frozen
-    return [p for p in model.parameters() if p.requires_grad]
-
+# --- optimiser, schedule, memory and speed -----------------------------------------------------------------
 
 def cosine_with_warmup(total_steps: int, warmup_ratio: float):
     warmup = max(1, math.ceil(total_steps * warmup_ratio))
@@ -125,245 +119,200 @@ def to_device(t: torch.Tensor, device: str) -> torch.Tensor:
     return t.to(device)
 
 
-# --- checkpoints --------------------------------------------------------------------------------------------
-
-def _sha1(path: Path) -> str:
-    h = hashlib.sha1()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def save_checkpoint(out_dir: Path, step: int, weights: dict, optimizer, scheduler, meta: dict, keep: int) -> Path:
-    """Write ``checkpoints/step_N`` atomically: into a temporary directory, fsync, then rename."""
-    root = out_dir / "checkpoints"
-    final = root / f"step_{step:07d}"
-    tmp = root / f".step_{step:07d}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    opt_state = optimizer.state_dict()
-    opt_tensors = {f"{pid}.{k}": (v if torch.is_tensor(v) else torch.tensor(v)).detach().cpu().contiguous()
-                   for pid, state in opt_state["state"].items() for k, v in state.items()}
-    rng = {"rng.cpu": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        rng.update({f"rng.cuda{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
-    save_file({k: v.detach().cpu().contiguous() for k, v in weights.items()}, str(tmp / "weights.safetensors"))
-    fault_point("checkpoint_write")
-    save_file({**opt_tensors, **rng}, str(tmp / "optimizer.safetensors"))
-    files = {name: {"bytes": (tmp / name).stat().st_size, "sha1": _sha1(tmp / name)}
-             for name in ("weights.safetensors", "optimizer.safetensors")}
-    state = {"step": step, "param_groups": opt_state["param_groups"], "scheduler": scheduler.state_dict(),
-             "files": files, **meta}
-    (tmp / "state.json").write_text(json.dumps(state, indent=1, default=str))
-    for name in ("weights.safetensors", "optimizer.safetensors", "state.json"):
-        with open(tmp / name, "rb+") as f:
-            os.fsync(f.fileno())
-    if final.exists():
-        shutil.rmtree(final)
-    tmp.rename(final)
-    _fsync_dir(root)
-    fault_point("checkpoint_renamed")
-    for old in sorted(root.glob("step_*"))[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
-
-
-def verify_checkpoint(path: Path) -> dict:
-    """Load ``state.json`` and check each file's size and hash; raise ValueError naming what is wrong."""
-    try:
-        state = json.loads((path / "state.json").read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}: unreadable state.json ({e.__class__.__name__})") from None
-    if not isinstance(state, dict) or not isinstance(state.get("files"), dict) or "step" not in state:
-        raise ValueError(f"{path / 'state.json'}: not a minillava checkpoint state (field 'files' or 'step' missing)")
-    for name, expected in state["files"].items():
-        file = path / name
-        if not file.is_file() or file.stat().st_size != expected["bytes"] or _sha1(file) != expected["sha1"]:
-            raise ValueError(f"{file}: truncated or corrupt (size/hash differ from state.json)")
-    return state
-
-
-def latest_good_checkpoint(out_dir: Path, log=print) -> tuple[Path, dict] | None:
-    """The newest checkpoint that verifies; corrupt ones are reported and skipped (falls back to older)."""
-    for path in sorted((out_dir / "checkpoints").glob("step_*"), reverse=True):
-        try:
-            return path, verify_checkpoint(path)
-        except ValueError as e:
-            log(f"warning: {e}; falling back to an earlier checkpoint")
-    return None
-
-
-def check_resumable(path: Path, state: dict, cfg: Config, stage: int) -> None:
-    """Resume is exact only with the checkpoint's stage, seed and batch layout; a mismatch is an error, not a drift."""
-    if state.get("stage") != stage:
-        raise ValueError(f"{path}: checkpoint of stage {state.get('stage')}, cannot resume stage {stage} from it")
-    saved = state.get("config") or {}
-    for key in ("seed", f"stage{stage}_batch", "grad_accum", "group_by_length"):
-        if key in saved and saved[key] != getattr(cfg, key):
-            raise ValueError(f"{path}: written with {key}={saved[key]}, this run has {key}={getattr(cfg, key)}; "
-                             f"resume with the same value (or use a new --out)")
-
-
-def rewind_log(log_path: Path, stage: int, step: int) -> None:
-    """Drop log records of ``stage`` past ``step`` (written after the checkpoint resumed from) and torn lines."""
-    if not log_path.is_file():
-        return
-    kept = []
-    for line in log_path.read_text(encoding="utf-8", errors="replace").splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue  # a line cut short by the interruption
-        if not (record.get("stage") == stage and record.get("step", 0) > step):
-            kept.append(line + "\n")
-    tmp = log_path.with_name(log_path.name + ".tmp")
-    tmp.write_text("".join(kept), encoding="utf-8")
-    tmp.replace(log_path)
-
-
-def restore(path: Path, state: dict, model, optimizer, scheduler) -> int:
-    lora.load_trainable_state(model, load_file(str(path / "weights.safetensors")))  # W (+ f_φ or its adapter)
-    tensors = load_file(str(path / "optimizer.safetensors"))
-    opt_state: dict = {}
-    for key, value in tensors.items():
-        if key.startswith("rng."):
-            continue
-        pid, name = key.split(".", 1)
-        opt_state.setdefault(int(pid), {})[name] = value
-    optimizer.load_state_dict({"state": opt_state, "param_groups": state["param_groups"]})
-    scheduler.load_state_dict(state["scheduler"])
-    torch.set_rng_state(tensors["rng.cpu"])
-    if torch.cuda.is_available() and "rng.cuda0" in tensors:
-        torch.cuda.set_rng_state_all([tensors[f"rng.cuda{i}"] for i in range(torch.cuda.device_count())])
-    return state["step"]
-
-
 # --- the loop -----------------------------------------------------------------------------------------------
 
 class NonFiniteLoss(RuntimeError):
-    pass
+    """A step whose loss or gradient norm is not a finite number, or which has no answer token to learn from."""
 
 
-def train_stage(model, dataset: InstructDataset, cfg: Config, stage: int, out_dir: str | Path, *,
-                resume: bool = False, eval_fn=None, log_file: str = "log.jsonl", progress: bool = True) -> dict:
-    """Train ``stage`` for ``cfg.stage{N}_steps`` optimiser steps; returns a summary (losses, seconds)."""
-    from tqdm.auto import tqdm
+@dataclass
+class Trainer:
+    """What every step of one stage needs; made once by ``prepare``."""
+    cfg: Config
+    stage: int
+    out_dir: Path
+    ddp_model: torch.nn.Module        # the MiniLlava, or its DistributedDataParallel wrapper across processes
+    params: list[torch.nn.Parameter]  # what the stage trains (model/freeze.py)
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    autocast: contextlib.AbstractContextManager
+    device: str
+    rank: int
+    world: int
+    micro: int                        # samples per forward: batch / (processes × grad_accum)
+    undo_compile: Callable[[], None]
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    def log(self, message: str) -> None:
+        if self.rank == 0:
+            from tqdm.auto import tqdm
+            tqdm.write(message)
+
+    def sync(self, last: bool):
+        """DDP all-reduces gradients during backward; only the last micro-batch of a step needs to."""
+        return self.ddp_model.no_sync() if self.world > 1 and not last else contextlib.nullcontext()
+
+    def all_sum(self, value: float) -> float:
+        if self.world > 1:
+            total = torch.tensor([value], device=self.device)
+            torch.distributed.all_reduce(total)
+            value = total.item()
+        return value
+
+
+def prepare(model, cfg: Config, stage: int, out_dir: Path) -> Trainer:
+    """Device and processes, the stage's freeze policy (LoRA attached first if asked), AdamW and its schedule."""
     device = resolve_device(cfg.device)
     rank, world = init_distributed(device)
-    steps, batch_size, lr = (getattr(cfg, f"stage{stage}_{k}") for k in ("steps", "batch", "lr"))
-    if batch_size % (world * cfg.grad_accum):
-        raise ValueError(f"stage{stage}_batch={batch_size} must divide by processes × grad_accum = "
+    settings = cfg.stage(stage)
+    if settings.batch % (world * cfg.grad_accum):
+        raise ValueError(f"{settings.field('batch')}={settings.batch} must divide by processes × grad_accum = "
                          f"{world} × {cfg.grad_accum}")
-    micro = batch_size // (world * cfg.grad_accum)
-
-    if STAGES[stage]["train_lm"] and cfg.lora_r:
+    if trains_lm(stage) and cfg.lora_r:
         lora.apply_lora(model, cfg)  # stage 2 with low-rank adapters instead of updating all of f_φ
     model.to(device)
     params = set_trainable(model, stage)
-    model.lm.train(STAGES[stage]["train_lm"])
-    if cfg.gradient_checkpointing and STAGES[stage]["train_lm"]:  # keep only each layer's input (minillava plan)
+    model.lm.train(trains_lm(stage))
+    if cfg.gradient_checkpointing and trains_lm(stage):  # keep only each layer's input (minillava plan)
         enable_checkpointing(model.lm)
-    optimizer = make_optimizer(params, lr, cfg.weight_decay, device)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_warmup(steps, cfg.warmup_ratio))
+    optimizer = make_optimizer(params, settings.lr, cfg.weight_decay, device)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_warmup(settings.steps, cfg.warmup_ratio))
     undo_compile = compile_decoder(model.lm.get_decoder()) if cfg.compile else (lambda: None)
     ddp_model = model
     if world > 1:
         ddp_model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[torch.device(device).index] if device.startswith("cuda") else None)
-
-    def log(message: str) -> None:
-        if rank == 0:
-            tqdm.write(message)
-
-    start_step = 0
-    if resume and (found := latest_good_checkpoint(out_dir, log)):
-        check_resumable(found[0], found[1], cfg, stage)
-        start_step = restore(*found, model, optimizer, scheduler)
-        log(f"resumed stage {stage} from {found[0].name} (step {start_step})")
-    elif resume:
-        log(f"no good checkpoint in {out_dir / 'checkpoints'}; stage {stage} starts from step 0")
-
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") and cfg.bf16 else \
         torch.autocast("cpu", enabled=False)
-    log_path = out_dir / log_file
-    if start_step == 0 and rank == 0:
-        log_path.unlink(missing_ok=True)  # a fresh run into an old directory must not append to its curve
-    elif rank == 0:
-        rewind_log(log_path, stage, start_step)  # steps logged after the checkpoint are about to be redone
-    losses, t0, tokens_seen = [], time.perf_counter(), 0
-    bar = tqdm(range(start_step, steps), desc=f"stage {stage}", disable=not progress or rank != 0,
-               initial=start_step, total=steps)
-    for step in bar:
-        global_idx = dataset.batch_indices(step, batch_size, cfg.seed, cfg.group_by_length)
-        # every rank counts the answer tokens of the *global* batch, so the loss is one global mean
-        n_global = sum(int((dataset.items[i]["labels"][1:] != -100).sum()) for i in global_idx)
-        if n_global == 0:  # the loss would be 0 / 0: a data bug, never something to train on
-            raise NonFiniteLoss(f"stage {stage} step {step}: every label of the batch is masked (-100), so no "
-                                f"answer token carries loss; samples {global_idx[:8]}")
-        mine = global_idx[rank::world]
-        step_loss = 0.0
-        for k in range(cfg.grad_accum):
-            part = mine[k * micro:(k + 1) * micro]
-            rows = dataset.collate_packed(part, cfg.max_length) if cfg.pack_sequences else dataset.collate(part)
-            batch = {key: to_device(v, device) for key, v in rows.items()}
-            fault_point("train_batch")
-            sync = k == cfg.grad_accum - 1 or world == 1
-            context = ddp_model.no_sync() if not sync else contextlib.nullcontext()
-            with context, autocast:
-                loss_sum, _ = ddp_model(**batch)  # MiniLlava.forward: (sum of answer-token losses, count)
-                loss = loss_sum * world / n_global  # DDP averages over processes; undo it to get sum / n_global
-            loss.backward()
-            step_loss += loss_sum.item()
-        if world > 1:
-            total = torch.tensor([step_loss], device=device)
-            torch.distributed.all_reduce(total)
-            step_loss = total.item()
-        mean_loss = step_loss / n_global
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad)
-        if not (math.isfinite(mean_loss) and torch.isfinite(grad_norm)):
-            raise NonFiniteLoss(f"stage {stage} step {step}: loss {mean_loss} / gradient norm {grad_norm.item()} "
-                                f"is not finite; the last good checkpoint is kept in {out_dir / 'checkpoints'}")
-        if mean_loss == 0.0:
-            raise NonFiniteLoss(f"stage {stage} step {step}: loss is exactly 0 — every label masked?")
-        fault_point("train_step")  # gradients computed, not yet applied
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        losses.append(mean_loss)
-        tokens_seen += sum(len(dataset.items[i]["input_ids"]) for i in global_idx)
+    return Trainer(cfg, stage, out_dir, ddp_model, params, optimizer, scheduler, autocast, device, rank,
+                   world, settings.batch // (world * cfg.grad_accum), undo_compile)
+
+
+def train_stage(model, dataset: InstructDataset, cfg: Config, stage: int, out_dir: str | Path, *,
+                resume: bool = False, eval_fn=None, log_file: str = "log.jsonl", progress: bool = True) -> dict:
+    """Train ``stage`` for ``cfg.stage(stage).steps`` optimiser steps; returns a summary (losses, seconds).
+
+    ``eval_fn(model) -> dict``, when given, runs every ``eval_every`` steps; its numbers join that step's log line.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    settings = cfg.stage(stage)
+    t = prepare(model, cfg, stage, out_dir)
+    start = checkpoint.resume(out_dir, cfg, stage, model, t.optimizer, t.scheduler, t.log) if resume else 0
+    log = StepLog(out_dir / log_file, settings, start, cfg.log_every, t.rank, progress)
+    losses = []
+    for step in log.bar:
+        indices = dataset.batch_indices(step, settings.batch, cfg.seed, cfg.group_by_length)  # the global batch
+        n_answer, n_tokens = token_counts(dataset, indices)  # every process counts the whole global batch
+        loss, grad_norm = train_step(t, dataset, step, indices, n_answer)
+        losses.append(loss)
         done = step + 1
-        evaluate = eval_fn is not None and cfg.eval_every and (done % cfg.eval_every == 0 or done == steps)
-        if rank == 0 and (done % cfg.log_every == 0 or done == steps or evaluate):
-            elapsed = time.perf_counter() - t0
-            record = {"stage": stage, "step": done, "loss": round(mean_loss, 5), "lr": scheduler.get_last_lr()[0],
-                      "grad_norm": round(float(grad_norm), 4), "samples_per_s": round(
-                          (done - start_step) * batch_size / elapsed, 2), "tokens_per_s": round(tokens_seen / elapsed, 1)}
-            if evaluate:
-                record.update(eval_fn(model))
-            with open(log_path, "a") as f:
-                f.write(json.dumps(record) + "\n")
-            fault_point("log_written")
-            bar.set_postfix(loss=f"{mean_loss:.3f}")
-        if rank == 0 and (done % cfg.save_every == 0 or done == steps):
-            save_checkpoint(out_dir, done, lora.trainable_state(model, include_lm=STAGES[stage]["train_lm"]),
-                            optimizer, scheduler, {"stage": stage, "seed": cfg.seed, "config": cfg.to_dict()},
+        due = eval_fn is not None and cfg.eval_every and (done % cfg.eval_every == 0 or done == settings.steps)
+        log.write(done, loss, grad_norm, t.scheduler.get_last_lr()[0], n_tokens,
+                  (lambda: eval_fn(model)) if due else None)
+        if t.rank == 0 and (done % cfg.save_every == 0 or done == settings.steps):
+            checkpoint.save(out_dir, done, checkpoint.model_weights(model, include_lm=trains_lm(stage)), t.optimizer,
+                            t.scheduler, {"stage": stage, "seed": cfg.seed, "config": cfg.to_dict()},
                             cfg.keep_checkpoints)
-    undo_compile()  # evaluation and generation after training run the plain decoder
-    seconds = time.perf_counter() - t0
-    return {"stage": stage, "steps": steps, "first_loss": losses[0] if losses else None,
-            "last_loss": sum(losses[-20:]) / max(1, len(losses[-20:])) if losses else None, "seconds": seconds}
+    t.undo_compile()  # evaluation and generation after training run the plain decoder
+    return {"stage": stage, "steps": settings.steps, "first_loss": losses[0] if losses else None,
+            "last_loss": sum(losses[-20:]) / max(1, len(losses[-20:])) if losses else None,
+            "seconds": time.perf_counter() - log.t0}
+
+
+def train_step(t: Trainer, dataset: InstructDataset, step: int, indices: list[int],
+               n_answer: int) -> tuple[float, torch.Tensor]:
+    """One optimiser step on eq. 3 (§4.2): L = Σ -log p(x_i | X_v, X_instruct, x_<i) over the ``n_answer`` answer
+    tokens x_i of the global batch ``indices``, divided by ``n_answer`` — so any split of the batch over processes
+    and micro-batches gives the same update. Returns (L, gradient norm before clipping).
+    """
+    require_answers(t, step, indices, n_answer)
+    summed = 0.0
+    for batch, last in micro_batches(t, dataset, indices[t.rank::t.world]):
+        with t.sync(last), t.autocast:
+            loss_sum, _ = t.ddp_model(**batch)  # MiniLlava.forward: (Σ -log p over this micro-batch's answers, count)
+            loss = loss_sum * t.world / n_answer  # DDP averages over processes; undo it to get sum / n_answer
+        loss.backward()
+        summed += loss_sum.item()
+    mean_loss = t.all_sum(summed) / n_answer
+    grad_norm = clip_and_check(t, step, mean_loss)
+    t.optimizer.step()
+    t.scheduler.step()
+    t.optimizer.zero_grad(set_to_none=True)
+    return mean_loss, grad_norm
+
+
+def token_counts(dataset: InstructDataset, indices: list[int]) -> tuple[int, int]:
+    """(answer tokens, all tokens) of the samples ``indices``: eq. 3's divisor, and the throughput's numerator.
+    A token is an answer token when the next-token label predicting it is not -100."""
+    items = [dataset.items[i] for i in indices]
+    return sum(int((x["labels"][1:] != -100).sum()) for x in items), sum(len(x["input_ids"]) for x in items)
+
+
+def require_answers(t: Trainer, step: int, indices: list[int], n_answer: int) -> None:
+    """A batch without answer tokens would make eq. 3 0 / 0: a data bug, never something to train on."""
+    if n_answer == 0:
+        raise NonFiniteLoss(f"stage {t.stage} step {step}: every label of the batch is masked (-100), so no "
+                            f"answer token carries loss; samples {indices[:8]}")
+
+
+def micro_batches(t: Trainer, dataset: InstructDataset, mine: list[int]):
+    """This process's share of the global batch in ``grad_accum`` pieces on the device, each with a flag that is
+    True for the last (whose backward synchronises the gradients)."""
+    for k in range(t.cfg.grad_accum):
+        part = mine[k * t.micro:(k + 1) * t.micro]
+        rows = dataset.collate_packed(part, t.cfg.max_length) if t.cfg.pack_sequences else dataset.collate(part)
+        batch = {key: to_device(v, t.device) for key, v in rows.items()}
+        fault_point("train_batch")
+        yield batch, k == t.cfg.grad_accum - 1
+
+
+def clip_and_check(t: Trainer, step: int, mean_loss: float) -> torch.Tensor:
+    """Clip the gradient norm; a loss or norm that is not finite, or a loss of exactly 0, stops the run before the
+    step is applied, so the last checkpoint stays good. Returns the norm before clipping."""
+    grad_norm = torch.nn.utils.clip_grad_norm_(t.params, t.cfg.clip_grad)
+    if not (math.isfinite(mean_loss) and torch.isfinite(grad_norm)):
+        raise NonFiniteLoss(f"stage {t.stage} step {step}: loss {mean_loss} / gradient norm {grad_norm.item()} "
+                            f"is not finite; the last good checkpoint is kept in {t.out_dir / 'checkpoints'}")
+    if mean_loss == 0.0:
+        raise NonFiniteLoss(f"stage {t.stage} step {step}: loss is exactly 0 — every label masked?")
+    fault_point("train_step")  # gradients computed, not yet applied
+    return grad_norm
+
+
+class StepLog:
+    """``log.jsonl`` and the progress bar, on rank 0: loss, lr, gradient norm, throughput and any eval numbers.
+
+    A fresh run starts the file anew; a resumed one drops what was logged after the checkpoint it resumes from.
+    """
+
+    def __init__(self, path: Path, settings: StageConfig, start: int, every: int, rank: int, progress: bool):
+        from tqdm.auto import tqdm
+
+        if start == 0 and rank == 0:
+            path.unlink(missing_ok=True)  # a fresh run into an old directory must not append to its curve
+        elif rank == 0:
+            checkpoint.rewind(path, settings.number, start)  # steps logged after the checkpoint are redone
+        self.path, self.settings, self.start, self.every, self.rank = path, settings, start, every, rank
+        self.t0, self.tokens = time.perf_counter(), 0
+        self.bar = tqdm(range(start, settings.steps), desc=f"stage {settings.number}", initial=start,
+                        total=settings.steps, disable=not progress or rank != 0)
+
+    def write(self, done: int, loss: float, grad_norm: torch.Tensor, lr: float, tokens: int,
+              evaluate: Callable[[], dict] | None) -> None:
+        self.tokens += tokens
+        if self.rank != 0 or not (done % self.every == 0 or done == self.settings.steps or evaluate):
+            return
+        elapsed = time.perf_counter() - self.t0
+        record = {"stage": self.settings.number, "step": done, "loss": round(loss, 5), "lr": lr,
+                  "grad_norm": round(float(grad_norm), 4),
+                  "samples_per_s": round((done - self.start) * self.settings.batch / elapsed, 2),
+                  "tokens_per_s": round(self.tokens / elapsed, 1)}
+        if evaluate:
+            record.update(evaluate())
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        fault_point("log_written")
+        self.bar.set_postfix(loss=f"{loss:.3f}")
 
 
 # --- one stage end to end: data → model → loop → model directory -----------------------------------------
@@ -393,13 +342,12 @@ def run_stage(cfg: Config, stage: int, out_dir: str | Path, *, resume: bool = Fa
               features: dict | None = None, progress: bool = True) -> tuple[object, dict]:
     """Train one stage from ``cfg`` and write a model directory to ``out_dir``; returns (model, summary)."""
     from .model.build import build_model, save_model
-    from .model.llava import load_weights
 
     data_dir = Path(cfg.data_dir)
     if model is None:
         model, processor = build_model(cfg)
         if cfg.init_from:  # e.g. stage 2 starts from stage 1's projector
-            model.load_trainable_state(load_weights(Path(cfg.init_from) / "model.safetensors"))
+            checkpoint.load_weights(model, Path(cfg.init_from) / "model.safetensors", cfg)
     image_features = feature_source(model, processor, cfg, progress)
     check_max_length(cfg, model)
     samples, source = stage_samples(cfg, stage, data_dir)
@@ -413,18 +361,25 @@ def run_stage(cfg: Config, stage: int, out_dir: str | Path, *, resume: bool = Fa
         new = image_features(missing)
         features = {**(features or {}), **dict(zip(missing, new))}
     dataset.attach_features(torch.stack([features[name] for name in dataset.images]))
-    eval_fn = None
-    if cfg.eval_every and (data_dir / "annotations" / "captions_val.json").is_file():
-        val_samples, val_source = stage_samples(cfg, stage, data_dir, split="val")
-        val = InstructDataset(val_samples[:128], model.tokenizer, dataset_template(cfg, stage, model.tokenizer),
-                              image_tokens=model.num_image_tokens, max_length=cfg.max_length, source=val_source)
-        val.attach_features(image_features(val.images))
-        eval_fn = lambda m: {"val_loss": round(validation_loss(m, val), 5)}  # noqa: E731
+    eval_fn = held_out_eval(cfg, stage, model, image_features)
     summary = train_stage(model, dataset, cfg, stage, out_dir, resume=resume, eval_fn=eval_fn, progress=progress)
     if dist_info()[0] == 0:
-        save_model(model, cfg, out_dir, include_lm=STAGES[stage]["train_lm"], extra={"stage": stage})
+        save_model(model, cfg, out_dir, include_lm=trains_lm(stage), extra={"stage": stage})
     summary["features"], summary["processor"] = features, processor
     return model, summary
+
+
+def held_out_eval(cfg: Config, stage: int, model, image_features):
+    """The eval hook of ``train_stage``: the answer-token loss on up to 128 samples of the val split, or None when
+    ``eval_every`` is 0 or there is no val split."""
+    data_dir = Path(cfg.data_dir)
+    if not cfg.eval_every or not (data_dir / "annotations" / "captions_val.json").is_file():
+        return None
+    samples, source = stage_samples(cfg, stage, data_dir, split="val")
+    val = InstructDataset(samples[:128], model.tokenizer, dataset_template(cfg, stage, model.tokenizer),
+                          image_tokens=model.num_image_tokens, max_length=cfg.max_length, source=source)
+    val.attach_features(image_features(val.images))
+    return lambda m: {"val_loss": round(validation_loss(m, val), 5)}
 
 
 def feature_source(model, processor, cfg: Config, progress: bool = True):
@@ -464,7 +419,7 @@ def check_max_length(cfg: Config, model) -> None:
 def dataset_template(cfg: Config, stage: int, tokenizer=None):
     """The stage's template; ``chat`` is read off ``tokenizer``'s own chat template."""
     from .conversation import get_template
-    return get_template(getattr(cfg, f"stage{stage}_template"), tokenizer)
+    return get_template(cfg.stage(stage).template, tokenizer)
 
 
 @torch.no_grad()

@@ -407,11 +407,11 @@ def unknown_template_at_inference() -> Case:
 
 def checkpoint_case(name: str, damage: Callable[[Path], None], *needles: str) -> Case:
     def run(tmp: Path, ctx: dict):
-        from minillava.train import verify_checkpoint
+        from minillava.checkpoint import verify
         path = tmp / "step_0000002"
         shutil.copytree(ctx["checkpoint"], path)
         damage(path)
-        verify_checkpoint(path)
+        verify(path)
     return Case(f"checkpoint-{name}", run, ValueError, ("step_0000002", *needles))
 
 
@@ -489,14 +489,15 @@ def ctx(tmp_path_factory, backbone_dirs, random_model):
     from minillava.data.shapes import write_shapes_dataset
     from minillava.model.backbones import image_processor_class
     from minillava.model.build import save_model
-    from minillava.train import make_optimizer, save_checkpoint
+    from minillava import checkpoint as ckpt
+    from minillava.train import make_optimizer
 
     root = tmp_path_factory.mktemp("corpus")
     write_shapes_dataset(root / "scenes", 10, seed=0)
     cfg = load_config("tiny", dict(vision_name=str(backbone_dirs[0]), lm_name=str(backbone_dirs[1])))
     optimizer = make_optimizer(list(random_model.projector.parameters()), 1e-3, 0.0, "cpu")
     scheduler = __import__("torch").optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
-    checkpoint = save_checkpoint(root / "run", 2, random_model.trainable_state(include_lm=False), optimizer, scheduler,
+    checkpoint = ckpt.save(root / "run", 2, ckpt.model_weights(random_model, include_lm=False), optimizer, scheduler,
                                  {"stage": 1}, keep=1)
     model_dir = save_model(random_model, cfg, root / "model", include_lm=False)
     return {"scenes": root / "scenes", "processor": image_processor_class().from_pretrained(backbone_dirs[0]),

@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from minillava.checkpoint import latest_good
 from minillava.model.build import build_model
-from minillava.train import NonFiniteLoss, latest_good_checkpoint, run_stage, train_stage
+from minillava.train import NonFiniteLoss, run_stage, train_stage
 
 
 class InfGradient(torch.autograd.Function):
@@ -47,7 +48,7 @@ def test_fault_at_step_3_names_the_step_and_keeps_checkpoint_2(tiny_cfg, tmp_pat
     assert "\n" not in str(info.value)
     checkpoints = sorted(p.name for p in (tmp_path / "run" / "checkpoints").glob("step_*"))
     assert checkpoints == ["step_0000002"]  # nothing written after the fault, the good one intact
-    path, state = latest_good_checkpoint(tmp_path / "run")
+    path, state = latest_good(tmp_path / "run")
     assert state["step"] == 2
     if how != "zero":
         assert "last good checkpoint" in str(info.value)

@@ -76,7 +76,8 @@ def curve(out: Path) -> list[dict]:
 
 def test_training_killed_at_every_point_resumes_bit_identical(backbone_dirs, small_scenes, tmp_path):
     from minillava.config import load_config
-    from minillava.train import run_stage, verify_checkpoint
+    from minillava.checkpoint import verify
+    from minillava.train import run_stage
 
     overrides = train_overrides(backbone_dirs, small_scenes)
     cfg = load_config("tiny", overrides)
@@ -106,7 +107,7 @@ def test_training_killed_at_every_point_resumes_bit_identical(backbone_dirs, sma
     assert in_process(train(resumed), "eval:1", log) == KILLED
     # 5. right after checkpoint 4 is renamed into place, before older ones are pruned
     assert in_process(train(resumed), "checkpoint_renamed:1", log) == KILLED
-    assert verify_checkpoint(ckpts / "step_0000004")["step"] == 4
+    assert verify(ckpts / "step_0000004")["step"] == 4
     # 6. right after the log line of step 6 is written (steps 5-6 logged but not checkpointed: they are redone)
     assert in_process(train(resumed), "log_written:2", log) == KILLED
     assert curve(resumed)[-1]["step"] == 6

@@ -10,10 +10,12 @@ from safetensors.torch import load_file
 
 pytest.importorskip("peft", reason="LoRA needs peft: pip install 'minillava[lora]'")
 
+from minillava import checkpoint  # noqa: E402
 from minillava.config import ConfigError  # noqa: E402
 from minillava.model import lora  # noqa: E402
 from minillava.model.build import build_model, load_model, save_model  # noqa: E402
-from minillava.train import run_stage, set_trainable  # noqa: E402
+from minillava.model.freeze import set_trainable  # noqa: E402
+from minillava.train import run_stage  # noqa: E402
 
 LORA = dict(lora_r=4, lora_alpha=8.0, lora_dropout=0.0)
 
@@ -97,17 +99,30 @@ def test_merged_model_reproduces_unmerged_logits(tiny_cfg, tmp_path):
     torch.testing.assert_close(_logits(load_model(tmp_path)[0]), unmerged, atol=1e-5, rtol=0)
 
 
+def test_saving_never_mutates_the_live_model(tiny_cfg, tmp_path):
+    """save_model merges the adapter into the file, not into the model that may go on training."""
+    cfg = tiny_cfg(**LORA)
+    model = _with_random_adapter(cfg)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    logits = _logits(model)
+    save_model(model, cfg, tmp_path)
+    assert lora.has_lora(model.lm) and model.state_dict().keys() == before.keys()
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    torch.testing.assert_close(_logits(model), logits, atol=0, rtol=0)
+    assert not any(lora.is_adapter_weight(k) for k in load_file(str(tmp_path / "model.safetensors")))
+
+
 def test_checkpoint_state_round_trips_the_adapter(tiny_cfg):
     cfg = tiny_cfg(**LORA)
     model = _with_random_adapter(cfg)
-    state = lora.trainable_state(model)
+    state = checkpoint.model_weights(model)
     fresh, _ = build_model(cfg)
     lora.apply_lora(fresh, cfg)
-    lora.load_trainable_state(fresh, state)
+    checkpoint.set_model_weights(fresh, state)
     torch.testing.assert_close(_logits(fresh), _logits(model), atol=0, rtol=0)
     del state[next(k for k in state if "lora_A" in k)]
     with pytest.raises(ValueError, match="adapter does not match"):
-        lora.load_trainable_state(fresh, state)
+        checkpoint.set_model_weights(fresh, state)
 
 
 def test_bad_lora_settings_fail_clearly(tiny_cfg):

@@ -23,3 +23,21 @@ def test_stage0_overrides_check_keys_and_values():
         config_from_overrides(Stage0Config, ["clip_steps=many"])
     with pytest.raises(ConfigError, match="expected true or false"):
         config_from_overrides(Stage0Config, ["lm_cells_where=maybe"])
+
+
+@pytest.mark.parametrize("text", ["false", "0", "no", " False "])
+def test_both_config_classes_read_false_through_one_parser(text):
+    assert load_config("tiny", [f"bf16={text}", f"pack_sequences={text}"]).bf16 is False
+    assert config_from_overrides(Stage0Config, [f"lm_cells_color={text}"]).lm_cells_color is False
+
+
+def test_a_stage_is_named_directly_and_keeps_the_flat_fields():
+    cfg = load_config("tiny", ["stage2_lr=3e-4", "stage2_batch=16", "stage1_steps=7"])
+    two, one = cfg.stage(2), cfg.stage(1)
+    assert (two.lr, two.batch, two.steps, two.template) == (3e-4, 16, cfg.stage2_steps, cfg.stage2_template)
+    assert one.steps == 7 and two.field("batch") == "stage2_batch"
+    assert "stage2_lr" in cfg.to_dict()  # the flat names stay the command line's and config.json's keys
+    with pytest.raises(AttributeError):
+        two.lr = 1.0  # a read-only view: change the flat field instead
+    with pytest.raises(ValueError, match="stages 1 and 2"):
+        cfg.stage(3)

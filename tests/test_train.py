@@ -6,8 +6,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from minillava.checkpoint import latest_good
 from minillava.model.build import build_model, load_model
-from minillava.train import NonFiniteLoss, latest_good_checkpoint, run_stage
+from minillava.train import NonFiniteLoss, run_stage
 
 
 def test_stage1_trains_only_the_projector(tiny_cfg, tmp_path):
@@ -64,21 +65,21 @@ def test_resume_is_bit_identical(tiny_cfg, tmp_path):
 
 def _run_until(cfg, out, stop_after):
     """Run stage 2 but raise right after the optimiser step ``stop_after`` has been checkpointed."""
-    import minillava.train as train
+    import minillava.checkpoint as checkpoint
 
-    original = train.save_checkpoint
+    original = checkpoint.save
 
     def save_then_die(out_dir, step, *args, **kwargs):
         path = original(out_dir, step, *args, **kwargs)
         if step >= stop_after:
             raise KeyboardInterrupt
         return path
-    train.save_checkpoint = save_then_die
+    checkpoint.save = save_then_die
     try:
         with pytest.raises(KeyboardInterrupt):
             run_stage(cfg, 2, out)
     finally:
-        train.save_checkpoint = original
+        checkpoint.save = original
 
 
 def test_corrupt_checkpoint_falls_back_to_previous(tiny_cfg, tmp_path):
@@ -88,7 +89,7 @@ def test_corrupt_checkpoint_falls_back_to_previous(tiny_cfg, tmp_path):
     weights = newest / "weights.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])
     messages = []
-    path, state = latest_good_checkpoint(tmp_path / "run", log=messages.append)
+    path, state = latest_good(tmp_path / "run", log=messages.append)
     assert path.name == "step_0000004" and state["step"] == 4
     assert "truncated or corrupt" in messages[0] and "step_0000006" in messages[0]
 

@@ -67,11 +67,11 @@ def mix_samples(samples: list[dict], mix: dict[str, float], seed: int = 0) -> li
 def run_arm(arm: str, seed: int, out_dir: Path, data_dir: Path, budget: list[str], features: dict,
             progress: bool = False) -> dict:
     """Train one arm with one seed and score it; ``features`` caches Z_v per vision layer across arms."""
+    from ..checkpoint import load_weights
     from ..config import load_config
     from ..data.llava_json import read_llava_json, write_llava_json
     from ..data.records import load_split
     from ..model.build import build_model
-    from ..model.llava import load_weights
     from ..quickstart import bench_relative_scores, shipped_recipe_hash
     from ..train import run_stage
     from .accuracy import evaluate_exact, heldout_questions
@@ -91,7 +91,7 @@ def run_arm(arm: str, seed: int, out_dir: Path, data_dir: Path, budget: list[str
             f"layer{cfg.vision_select_layer}_{cfg.projector}_{cfg.stage1_steps}x{cfg.stage1_batch}_seed{seed}")
         if (stage1_dir / "model.safetensors").is_file():
             model, processor = build_model(cfg)
-            model.load_trainable_state(load_weights(stage1_dir / "model.safetensors"))
+            load_weights(model, stage1_dir / "model.safetensors", cfg)
         else:
             model, s1 = run_stage(cfg, 1, stage1_dir, features=layer_features, progress=progress)
             processor = s1["processor"]

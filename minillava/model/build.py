@@ -12,8 +12,10 @@ from pathlib import Path
 
 import torch
 
+from ..checkpoint import load_weights, save_weights
 from .backbones import load_lm, load_vision
-from .llava import MiniLlava, load_weights, save_weights
+from .llava import MiniLlava
+from .lora import merge_lora
 
 
 def build_model(cfg, dtype=torch.float32) -> tuple[MiniLlava, object]:
@@ -39,15 +41,11 @@ def build_model(cfg, dtype=torch.float32) -> tuple[MiniLlava, object]:
 
 
 def save_model(model: MiniLlava, cfg, out_dir: str | Path, include_lm: bool = True, extra: dict | None = None) -> Path:
-    from .lora import has_lora, merge_lora, trainable_state
-
-    if has_lora(model.lm) and not getattr(cfg, "lora_4bit", False):
-        merge_lora(model)  # W₀ + (α/r)·BA in place: the directory loads without peft (4-bit keeps the adapter)
+    """Write a model directory; ``model`` itself is left as it was (a LoRA adapter is merged on a copy)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    save_weights(out_dir / "model.safetensors.tmp", trainable_state(model, include_lm=include_lm),
-                 {"projector": model.projector_type, "select_layer": model.select_layer})
-    (out_dir / "model.safetensors.tmp").replace(out_dir / "model.safetensors")
+    # a 4-bit base cannot take W₀ + (α/r)·BA: QLoRA directories keep the bare adapter
+    save_weights(out_dir / "model.safetensors", model, include_lm, keep_adapter=getattr(cfg, "lora_4bit", False))
     (out_dir / "config.json.tmp").write_text(json.dumps({**cfg.to_dict(), **(extra or {})}, indent=1))
     (out_dir / "config.json.tmp").replace(out_dir / "config.json")
     return out_dir
@@ -74,14 +72,9 @@ def load_model(model_dir: str | Path, device: str = "cpu", **overrides):
     cfg = load_config(values.get("preset", "tiny"), {**{k: v for k, v in values.items() if k in known}, **overrides})
     model, processor = build_model(cfg)
     try:
-        weights = load_weights(model_dir / "model.safetensors")
-        if any("lora_" in k for k in weights):  # an unmerged adapter (a QLoRA run): attach it, merge unless 4-bit
-            from .lora import apply_lora, load_trainable_state, merge_lora
-            load_trainable_state(apply_lora(model, cfg), weights)
-            if not cfg.lora_4bit:
-                merge_lora(model)
-        else:
-            model.load_trainable_state(weights)
+        load_weights(model, model_dir / "model.safetensors", cfg)  # a QLoRA directory's adapter is attached
+        if not cfg.lora_4bit:
+            merge_lora(model)  # ... and merged unless the base is 4-bit
     except Exception as e:  # safetensors' own errors, or torch's multi-line state_dict mismatch
         why = " ".join(str(e).split())[:300] or e.__class__.__name__
         raise ValueError(f"{model_dir / 'model.safetensors'}: cannot load the trained weights ({why})") from None

@@ -10,11 +10,7 @@ the splice is a single masked assignment into the word embeddings; those positio
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..conversation import IMAGE_TOKEN
@@ -115,49 +111,7 @@ class MiniLlava(nn.Module):
                                 eos_token_id=eos_token_id, pad_token_id=self.tokenizer.pad_token_id,
                                 **kwargs)
 
-    # --- checkpoints: the trainable parts as safetensors, the recipe as JSON --------------------------------
-    def trainable_state(self, include_lm: bool = True) -> dict[str, torch.Tensor]:
-        """W (and f_φ), each tensor once: a tied LM head (SmolLM2, Qwen2.5) is the embedding table itself."""
-        state = {f"projector.{k}": v for k, v in self.projector.state_dict().items()}
-        if include_lm:
-            state.update({f"lm.{k}": v for k, v in self.lm.state_dict().items()})
-        return drop_shared(state)
-
     def lm_is_tied(self) -> bool:
         """True when the LM's output head and input embeddings are one tensor (``tie_word_embeddings``)."""
         head = self.lm.get_output_embeddings()
         return head is not None and head.weight is self.lm.get_input_embeddings().weight
-
-    def load_trainable_state(self, state: dict[str, torch.Tensor]) -> None:
-        proj = {k[len("projector."):]: v for k, v in state.items() if k.startswith("projector.")}
-        lm = {k[len("lm."):]: v for k, v in state.items() if k.startswith("lm.")}
-        self.projector.load_state_dict(proj)
-        if lm:
-            missing, unexpected = self.lm.load_state_dict(lm, strict=False)
-            # a tied head is saved once, as the embeddings; loading those fills the head too (same tensor)
-            real_missing = [k for k in missing if not (k.startswith("lm_head.") and self.lm_is_tied())]
-            if real_missing or unexpected:
-                raise ValueError(f"LM weights do not match the model: missing {real_missing[:3]}, "
-                                 f"unexpected {unexpected[:3]}")
-
-
-def drop_shared(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Keep the first of every group of entries that are one tensor (tied weights), which safetensors refuses to
-    write twice: ``lm.model.embed_tokens.weight`` stays, ``lm.lm_head.weight`` goes, and loading re-ties it."""
-    seen, kept = set(), {}
-    for key, tensor in state.items():
-        where = (tensor.device, tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
-        if where not in seen:
-            seen.add(where)
-            kept[key] = tensor
-    return kept
-
-
-def save_weights(path: str | Path, state: dict[str, torch.Tensor], meta: dict | None = None) -> None:
-    """safetensors with string metadata; a tensor shared by two names (tied weights) is written once."""
-    save_file({k: v.detach().contiguous() for k, v in drop_shared(state).items()}, str(path),
-              metadata={k: json.dumps(v) for k, v in (meta or {}).items()})
-
-
-def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
-    return load_file(str(path))

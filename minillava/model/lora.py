@@ -5,9 +5,9 @@ linear map W₀ ∈ R^{d_out×d_in} (here the attention projections q, k, v, o),
 
     h = W₀ x + (α / r) · B A x,     A ∈ R^{r×d_in} (random),  B ∈ R^{d_out×r} (zeros: training starts at W₀)
 
-The projector W stays fully trained, as in the paper; the vision tower stays frozen. Checkpoints hold only the
-adapter (A, B) and the projector; a finished model is saved with the adapter *merged* (W₀ + (α/r)·BA), so a model
-directory loads with plain transformers, without peft. QLoRA (Dettmers et al., 2023) keeps W₀ in 4-bit NF4; that
+The projector W stays fully trained, as in the paper; the vision tower stays frozen (``freeze.set_trainable``).
+Checkpoints hold only the adapter (A, B) and the projector; a finished model is saved with the adapter *merged*
+(W₀ + (α/r)·BA) on a copy, so a model directory loads with plain transformers, without peft (``checkpoint.py``). QLoRA (Dettmers et al., 2023) keeps W₀ in 4-bit NF4; that
 needs bitsandbytes and a CUDA GPU.
 
 peft is an optional extra (``pip install 'minillava[lora]'``), imported only when LoRA is switched on.
@@ -35,6 +35,11 @@ def has_lora(lm) -> bool:
     return hasattr(lm, "peft_config")
 
 
+def is_adapter_weight(name: str) -> bool:
+    """True for a LoRA A or B tensor of a peft-wrapped LM (peft names them ``...q_proj.lora_A.default.weight``)."""
+    return "lora_" in name
+
+
 def apply_lora(model, cfg):
     """Wrap ``model.lm`` with LoRA adapters on ``cfg.lora_targets``; every base weight of the LM is frozen."""
     peft = _peft()
@@ -52,37 +57,6 @@ def apply_lora(model, cfg):
         model.lm = peft.prepare_model_for_kbit_training(model.lm, use_gradient_checkpointing=False)
     model.lm = peft.get_peft_model(model.lm, lora_config)  # freezes the base, adds A, B per target
     return model
-
-
-def mark_trainable(model) -> None:
-    """Stage 2 with LoRA: the adapter and the projector train; f_φ's own weights and g stay frozen."""
-    model.vision.requires_grad_(False)
-    for name, p in model.lm.named_parameters():
-        p.requires_grad_("lora_" in name)
-    model.projector.requires_grad_(True)
-
-
-def trainable_state(model, include_lm: bool = True) -> dict[str, torch.Tensor]:
-    """What a checkpoint holds: W, plus the LoRA adapter (not the frozen LM) when one is attached."""
-    if not has_lora(model.lm):
-        return model.trainable_state(include_lm=include_lm)
-    state = model.trainable_state(include_lm=False)  # projector.*
-    state.update({f"lm.{k}": v for k, v in model.lm.state_dict().items() if "lora_" in k})
-    return state
-
-
-def load_trainable_state(model, state: dict[str, torch.Tensor]) -> None:
-    """Inverse of ``trainable_state``: W, and the adapter when the LM carries one (every adapter key must match)."""
-    if not has_lora(model.lm):
-        model.load_trainable_state(state)
-        return
-    model.load_trainable_state({k: v for k, v in state.items() if k.startswith("projector.")})
-    adapter = {k[len("lm."):]: v for k, v in state.items() if k.startswith("lm.")}
-    expected = {k for k in model.lm.state_dict() if "lora_" in k}
-    if set(adapter) != expected:
-        raise ValueError(f"checkpoint adapter does not match the model's LoRA layers: missing "
-                         f"{sorted(expected - set(adapter))[:3]}, unexpected {sorted(set(adapter) - expected)[:3]}")
-    model.lm.load_state_dict(adapter, strict=False)
 
 
 def merge_lora(model):
