@@ -103,7 +103,7 @@ def run_shape(name: str, work: Path, args) -> dict:
         seconds = time.perf_counter() - start
         features = summary["features"]
         measured = torch.cuda.max_memory_allocated() if args.device.startswith("cuda") else None
-        batch = getattr(cfg, f"stage{stage}_batch")
+        batch = cfg.stage(stage).batch
         speed = rate(work / name / f"stage{stage}" / "log.jsonl", stage, batch)
         tokens_per_sample = speed["tokens_per_s"] / max(speed["samples_per_s"], 1e-9)
         plan = stage_plan(cfg, stage, fake_models(cfg, model.vision.config, model.lm.config),

@@ -16,7 +16,6 @@ This module sits between the model's parts (``model.llava``, ``model.lora``) and
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -24,8 +23,10 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+from safetensors.torch import save as safetensors_bytes
 
 from .faults import fault_point
+from .files import file_sha1, write_atomic
 from .model.lora import apply_lora, has_lora, is_adapter_weight, merged_copy
 
 
@@ -83,11 +84,8 @@ def save_weights(path: str | Path, model, include_lm: bool = True, keep_adapter:
     path = Path(path)
     source = model if keep_adapter else merged_copy(model)
     meta = {"projector": model.projector_type, "select_layer": model.select_layer}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.detach().contiguous() for k, v in model_weights(source, include_lm).items()}, str(tmp),
-              metadata={k: json.dumps(v) for k, v in meta.items()})
-    tmp.replace(path)
-    return path
+    tensors = {k: v.detach().contiguous() for k, v in model_weights(source, include_lm).items()}
+    return write_atomic(path, safetensors_bytes(tensors, metadata={k: json.dumps(v) for k, v in meta.items()}))
 
 
 def load_weights(model, path: str | Path, cfg=None):
@@ -103,14 +101,6 @@ def load_weights(model, path: str | Path, cfg=None):
 
 
 # --- training checkpoints: write, check, find, restore ------------------------------------------------------
-
-def _sha1(path: Path) -> str:
-    h = hashlib.sha1()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
 
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
@@ -137,7 +127,7 @@ def save(out_dir: Path, step: int, weights: dict, optimizer, scheduler, meta: di
     save_file({k: v.detach().cpu().contiguous() for k, v in weights.items()}, str(tmp / "weights.safetensors"))
     fault_point("checkpoint_write")
     save_file({**opt_tensors, **rng}, str(tmp / "optimizer.safetensors"))
-    files = {name: {"bytes": (tmp / name).stat().st_size, "sha1": _sha1(tmp / name)}
+    files = {name: {"bytes": (tmp / name).stat().st_size, "sha1": file_sha1(tmp / name)}
              for name in ("weights.safetensors", "optimizer.safetensors")}
     state = {"step": step, "param_groups": opt_state["param_groups"], "scheduler": scheduler.state_dict(),
              "files": files, **meta}
@@ -165,7 +155,7 @@ def verify(path: Path) -> dict:
         raise ValueError(f"{path / 'state.json'}: not a minillava checkpoint state (field 'files' or 'step' missing)")
     for name, expected in state["files"].items():
         file = path / name
-        if not file.is_file() or file.stat().st_size != expected["bytes"] or _sha1(file) != expected["sha1"]:
+        if not file.is_file() or file.stat().st_size != expected["bytes"] or file_sha1(file) != expected["sha1"]:
             raise ValueError(f"{file}: truncated or corrupt (size/hash differ from state.json)")
     return state
 
@@ -233,6 +223,4 @@ def rewind(log_path: Path, stage: int, step: int) -> None:
             continue  # a line cut short by the interruption
         if not (record.get("stage") == stage and record.get("step", 0) > step):
             kept.append(line + "\n")
-    tmp = log_path.with_name(log_path.name + ".tmp")
-    tmp.write_text("".join(kept), encoding="utf-8")
-    tmp.replace(log_path)
+    write_atomic(log_path, "".join(kept))

@@ -128,7 +128,7 @@ def stage_plan(cfg, stage: int, models, seq_len: int | None = None, answer_token
     ``seq_len`` (image + text tokens per sample) defaults to N + ``text_tokens`` (default ``TEXT_TOKENS``)."""
     mode, vision, lm, projector = models
     n_image = (vision.config.image_size // vision.config.patch_size) ** 2 + (1 if cfg.vision_keep_cls else 0)
-    micro = max(1, getattr(cfg, f"stage{stage}_batch") // cfg.grad_accum)
+    micro = max(1, cfg.stage(stage).batch // cfg.grad_accum)
     seq_len = seq_len or min(n_image + (text_tokens or TEXT_TOKENS[stage]), cfg.max_length)
     answer_tokens = answer_tokens or max(1, int(ANSWER_SHARE[stage] * (seq_len - n_image)))
     count = lambda module: sum(p.numel() for p in module.parameters())  # noqa: E731 (tied weights count once)
@@ -164,7 +164,7 @@ def stage_plan(cfg, stage: int, models, seq_len: int | None = None, answer_token
     return {"stage": stage, "params": {"vision (frozen)": p_vision, "projector W": p_proj, "LM": p_lm,
                                        "trainable": trainable, "frozen": p_vision + p_lm + p_proj - trainable},
             "tokens_per_sample": seq_len, "image_tokens": n_image, "answer_tokens_per_sample": answer_tokens,
-            "micro_batch": micro, "flops_per_step": flops, "steps": getattr(cfg, f"stage{stage}_steps"),
+            "micro_batch": micro, "flops_per_step": flops, "steps": cfg.stage(stage).steps,
             "memory": memory, "fits": {gb: memory["peak"] / GIB + CONTEXT_GIB <= gb for gb in CARDS_GB},
             "feature_pass_flops_per_image": 2 * p_vision * (n_image + 1)}
 
@@ -186,7 +186,7 @@ def make_plan(cfg, text_tokens: dict[int, int] | None = None) -> dict:
         if s == 2:
             levers += [("gradient_checkpointing=true", dict(gradient_checkpointing=True)),
                        ("lora_r=64 lora_alpha=128 stage2_lr=2e-4", dict(lora_r=64, lora_alpha=128.0))]
-        batch = getattr(cfg, f"stage{s}_batch")
+        batch = cfg.stage(s).batch
         accum = [(f"grad_accum={k} (micro-batch {batch // k}, same stage{s}_batch)", dict(grad_accum=k))
                  for k in (2, 4, 8, 16, 32) if batch % k == 0]
         # one change at a time first (cheapest first), then the levers together, then with a smaller micro-batch

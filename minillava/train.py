@@ -32,7 +32,7 @@ from .config import Config, StageConfig
 from .data.dataset import InstructDataset
 from .faults import fault_point
 from .model import lora
-from .model.freeze import STAGES, set_trainable, trains_lm  # noqa: F401  STAGES, set_trainable: re-exported
+from .model.freeze import set_trainable, trains_lm
 
 
 # --- distributed helpers (a no-op in one process) ------------------------------------------------------------

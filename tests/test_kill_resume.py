@@ -39,6 +39,9 @@ def in_process(fn, fault: str | None, log: Path) -> int:
             os.dup2(out.fileno(), 1)
             os.dup2(out.fileno(), 2)
             sys.stdout = sys.stderr = out
+            # a forked child cannot use the thread pool its parent's earlier tests started (the OpenMP/MKL
+            # runtime does not survive fork): every run of this file trains on one thread, so all stay comparable
+            torch.set_num_threads(1)
             os.environ.pop("MINILLAVA_FAULT", None)
             if fault:
                 os.environ["MINILLAVA_FAULT"] = fault
@@ -93,7 +96,7 @@ def test_training_killed_at_every_point_resumes_bit_identical(backbone_dirs, sma
     assert in_process(train(resumed), "train_batch:1", log) == KILLED
     assert not list(ckpts.glob("step_*"))
     # 2. the real command, mid-step (gradients computed, not applied) in its 4th step: checkpoint 2 survives
-    env = {**os.environ, "MINILLAVA_FAULT": "train_step:4", "OMP_NUM_THREADS": str(torch.get_num_threads()),
+    env = {**os.environ, "MINILLAVA_FAULT": "train_step:4", "OMP_NUM_THREADS": "1",  # as the forked runs
            "TQDM_DISABLE": "1"}
     cmd = [sys.executable, "-m", "minillava", "train", "--stage", "2", "--out", str(resumed), "--resume",
            *[f"{k}={v}" for k, v in overrides.items()]]

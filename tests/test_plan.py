@@ -64,7 +64,8 @@ def measured_peak(model, optimizer, batch: dict) -> int:
 def test_plan_peak_memory_is_within_25_percent_of_the_measured_cpu_peak(standins, stage, batch, seq_len,
                                                                         checkpointing):
     from minillava.model.build import build_model
-    from minillava.train import enable_checkpointing, make_optimizer, set_trainable
+    from minillava.model.freeze import set_trainable
+    from minillava.train import enable_checkpointing, make_optimizer
 
     vision, lm = standins
     cfg = load_config("small", [f"vision_name={vision}", f"lm_name={lm}", "device=cpu", f"stage{stage}_batch={batch}",

@@ -69,7 +69,6 @@ def backbone_path(name: str, part: str) -> str:
     return name
 
 
-_resolve = backbone_path  # model/lora.py still imports this name: drop it once that file uses backbone_path
 
 
 def load_vision(name: str, *, image_size: int | None = None, dtype=torch.float32,

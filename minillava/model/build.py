@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from ..checkpoint import load_weights, save_weights
+from ..files import write_json
 from .backbones import load_lm, load_vision
 from .llava import MiniLlava
 from .lora import merge_lora
@@ -46,8 +47,7 @@ def save_model(model: MiniLlava, cfg, out_dir: str | Path, include_lm: bool = Tr
     out_dir.mkdir(parents=True, exist_ok=True)
     # a 4-bit base cannot take W₀ + (α/r)·BA: QLoRA directories keep the bare adapter
     save_weights(out_dir / "model.safetensors", model, include_lm, keep_adapter=getattr(cfg, "lora_4bit", False))
-    (out_dir / "config.json.tmp").write_text(json.dumps({**cfg.to_dict(), **(extra or {})}, indent=1))
-    (out_dir / "config.json.tmp").replace(out_dir / "config.json")
+    write_json(out_dir / "config.json", {**cfg.to_dict(), **(extra or {})}, indent=1)
     return out_dir
 
 

@@ -88,10 +88,10 @@ def load_lm_4bit(name: str, *, trust_remote_code: bool = False):
 
     from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
-    from .backbones import _resolve, register_image_token
+    from .backbones import backbone_path, register_image_token
 
     require_4bit()
-    path = _resolve(name, "lm")
+    path = backbone_path(name, "lm")
     quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                                bnb_4bit_compute_dtype=torch.bfloat16)
     lm = AutoModelForCausalLM.from_pretrained(path, quantization_config=quant, trust_remote_code=trust_remote_code,
