@@ -11,7 +11,7 @@ import torch
 from ..data.records import image_path, load_split
 from ..data.grid import GRID, cell_of_box
 from ..data.shapes import COLORS, SHAPES
-from ..data.teachers import position
+from ..data.teachers import QA, answer_is_correct, position
 from ..inference import pixels_for
 from .attention import aggregate, answer_attention, draw_heatmap, object_attention_ratio, vision_cls_attention
 from .projector import modality_gap, nearest_words, pca_map, projector_spectrum
@@ -53,18 +53,32 @@ def probe_question(record) -> str:
         f"What is at the {position(obj, record)}?"
 
 
+def answer_verdict(record, question: str, answer: str, width: int = 36) -> str:
+    """The answer, wrapped to fit a panel title, marked right or wrong against the scene's ground truth (the asked
+    object's colour); COCO objects have no colour, so their answers are shown unmarked."""
+    import textwrap
+
+    obj = record.objects[0] if record.objects else None
+    if obj is not None and obj.color:
+        right = answer_is_correct(QA(question, "", "color", obj.color), answer)
+        answer = f"{answer}  → {'RIGHT' if right else 'WRONG'} (truth: {obj.color})"
+    return textwrap.fill(f"Q: {question}  A: {answer}", width)
+
+
 def attention_figure(model, processor, data_dir: Path, out: Path, n_scenes: int = 3, split: str = "test",
                      template: str = "vicuna_v1") -> Path:
     """Heatmaps of answer → patch attention (mean, rollout) and the vision tower's CLS attention, per scene."""
-    records = sorted(load_split(data_dir, split), key=lambda r: -len(r.objects))[:n_scenes]  # busiest scenes
-    fig, axes = plt.subplots(len(records), 3, figsize=(10, 3.2 * len(records)), squeeze=False)
+    # a fixed rule, not a pick: the busiest held-out scenes, each asked about its first object
+    records = sorted(load_split(data_dir, split), key=lambda r: -len(r.objects))[:n_scenes]
+    fig, axes = plt.subplots(len(records), 3, figsize=(10, 3.6 * len(records)), squeeze=False)
     for row, record in zip(axes, records):
         pixels = pixels_for(processor, [image_path(data_dir, record)])
         z = model.image_features(pixels)[0]
-        result = answer_attention(model, z, probe_question(record), template=template)
+        question = probe_question(record)
+        result = answer_attention(model, z, question, template=template)
         image = plt.imread(image_path(data_dir, record))
-        draw_heatmap(row[0], image, aggregate(result, "mean").mean(0), f"LM, mean over layers/heads\n"
-                                                                         f"answer: {result['text']}")
+        draw_heatmap(row[0], image, aggregate(result, "mean").mean(0),
+                     f"LM, mean over layers/heads\n{answer_verdict(record, question, result['text'])}")
         draw_heatmap(row[1], image, aggregate(result, "rollout").mean(0), "LM, attention rollout")
         grid_cls = vision_cls_attention(model.vision, pixels)[0]
         draw_heatmap(row[2], image, grid_cls, "vision tower: CLS → patches")
