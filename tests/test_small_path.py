@@ -322,3 +322,15 @@ def test_notebook_runs_top_to_bottom_on_the_small_preset(name, standins, coco, t
                                parameters={"preset": "small", "overrides": small_overrides(standins, coco)})
     executed = json.loads(out.read_text())
     assert executed["cells"][-1].get("execution_count") or executed["cells"][-1]["cell_type"] == "markdown"
+
+
+def test_a_broken_coco_subset_stops_the_split_with_one_line_naming_the_file(tmp_path):
+    from minillava.data.heldout import split_coco_subset
+    from minillava.data.records import DataError
+
+    (tmp_path / "src" / "annotations").mkdir(parents=True)
+    (tmp_path / "src" / "annotations" / "captions_val2017.json").write_text('{"images": [], "annotations": [')
+    (tmp_path / "src" / "annotations" / "instances_val2017.json").write_text('{"images": [], "annotations": []}')
+    with pytest.raises(DataError, match=r"captions_val2017\.json: invalid JSON at line 1"):
+        split_coco_subset(tmp_path / "src", "val2017", tmp_path / "out", seed=0)
+    assert not (tmp_path / "out" / "settings.json").exists()  # nothing half-written is taken for a finished split
