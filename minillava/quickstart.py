@@ -20,6 +20,7 @@ from .data.llava_json import write_llava_json
 from .data.records import load_split
 from .data.shapes import write_shapes_dataset
 from .data.teachers import generate_rule_instructions
+from .files import write_json
 from .paper import TABLE4_FULL
 from .train import run_stage
 
@@ -31,8 +32,8 @@ def prepare_data(cfg, log=print) -> Path:
     settings = {"images": cfg.data_images, "seed": cfg.seed, "size": cfg.image_size}
     if cfg.data_source == "shapes" and not (stamp.is_file() and json.loads(stamp.read_text()) == settings):
         counts = write_shapes_dataset(data_dir, cfg.data_images, cfg.seed, size_px=cfg.image_size)
-        stamp.write_text(json.dumps(settings))
-        (data_dir / f"instruct_{cfg.data_split}.json").unlink(missing_ok=True)
+        (data_dir / f"instruct_{cfg.data_split}.json").unlink(missing_ok=True)  # made from the scenes replaced
+        write_json(stamp, settings)  # last: scenes interrupted before here are made again
         log(f"data: {counts} scenes in {data_dir}")
     instruct = data_dir / f"instruct_{cfg.data_split}.json"
     if not cfg.instruct_json and not instruct.is_file():
