@@ -212,21 +212,27 @@ def prompt_ids(question: str, tokenizer, template: Template, *, image_tokens: in
     return torch.tensor(out)
 
 
-def render_loss_mask(input_ids: torch.Tensor, labels: torch.Tensor, tokenizer, width: int = 100) -> str:
-    """Text view of which tokens carry loss: ``[answer tokens]`` in brackets, image runs collapsed."""
+def loss_mask_pieces(input_ids: torch.Tensor, labels: torch.Tensor, tokenizer) -> list[tuple[str, str]]:
+    """A sample token by token as (text, kind): kind ``loss`` where the label carries loss, ``context`` where it is
+    -100, ``image`` for a run of N image ids, collapsed into one ``<image×N>`` piece; newlines shown as ⏎."""
     image_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
-    out, run = [], 0
+    pieces, run = [], 0
     for token, label in zip(input_ids.tolist(), labels.tolist()):
         if token == image_id:
             run += 1
             continue
         if run:
-            out.append(f"<image×{run}>")
+            pieces.append((f"<image×{run}>", "image"))
             run = 0
-        piece = tokenizer.decode([token]).replace("\n", "⏎")
-        out.append(f"[{piece}]" if label != IGNORE_INDEX else piece)
+        pieces.append((tokenizer.decode([token]).replace("\n", "⏎"), "loss" if label != IGNORE_INDEX else "context"))
     if run:
-        out.append(f"<image×{run}>")
+        pieces.append((f"<image×{run}>", "image"))
+    return pieces
+
+
+def render_loss_mask(input_ids: torch.Tensor, labels: torch.Tensor, tokenizer, width: int = 100) -> str:
+    """Text view of which tokens carry loss: ``[answer tokens]`` in brackets, image runs collapsed."""
+    out = [f"[{text}]" if kind == "loss" else text for text, kind in loss_mask_pieces(input_ids, labels, tokenizer)]
     lines, line = [], ""
     for piece in out:  # wrap between tokens, never inside one
         if line and len(line) + len(piece) > width:

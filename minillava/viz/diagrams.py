@@ -70,19 +70,14 @@ def freeze_figure(parts: dict[str, int], trains: dict[int, set[str]]):
     return fig
 
 
-def loss_mask_figure(ids, labels, tokenizer, image_token_id: int, title: str, per_row: int = 150):
+def loss_mask_figure(ids, labels, tokenizer, title: str, per_row: int = 150):
     """One sample's tokens as boxes (§4.2, eq. 3): green where the label carries loss, grey for context, orange for
     the N image positions (drawn as one box). ``ids`` and ``labels`` are (T,) tensors. Returns the figure."""
     from matplotlib.patches import Rectangle
 
-    boxes, run = [], 0
-    for token, label in zip(ids.tolist(), labels.tolist()):
-        if token == image_token_id:
-            run += 1
-            continue
-        if run:
-            boxes.append((f"<image>×{run}", "image")); run = 0
-        boxes.append((tokenizer.decode([token]).replace("\n", "⏎"), "loss" if label != -100 else "context"))
+    from ..conversation import loss_mask_pieces
+
+    boxes = loss_mask_pieces(ids, labels, tokenizer)
     colours = {"loss": "#8fd18f", "context": "#e3e3e3", "image": TRAINS}
     placed, x, y = [], 0.0, 0
     for text, kind in boxes:
