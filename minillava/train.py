@@ -112,8 +112,11 @@ def enable_checkpointing(lm) -> None:
         lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
-def to_device(t: torch.Tensor, device: str) -> torch.Tensor:
-    """Host → device; on CUDA through pinned memory so the copy overlaps with compute."""
+def to_device(t: torch.Tensor | int, device: str) -> torch.Tensor | int:
+    """Host → device; on CUDA through pinned memory so the copy overlaps with compute. Plain numbers (a batch's
+    ``shared_prefix``) stay as they are."""
+    if not isinstance(t, torch.Tensor):
+        return t
     if device.startswith("cuda"):
         return t.pin_memory().to(device, non_blocking=True)
     return t.to(device)
@@ -260,7 +263,10 @@ def micro_batches(t: Trainer, dataset: InstructDataset, mine: list[int]):
     True for the last (whose backward synchronises the gradients)."""
     for k in range(t.cfg.grad_accum):
         part = mine[k * t.micro:(k + 1) * t.micro]
-        rows = dataset.collate_packed(part, t.cfg.max_length) if t.cfg.pack_sequences else dataset.collate(part)
+        if t.cfg.pack_sequences:
+            rows = dataset.collate_packed(part, t.cfg.max_length)
+        else:  # gradient checkpointing makes transformers drop the KV cache that a shared prefix travels in
+            rows = dataset.collate(part, share_prefix=t.cfg.share_prefix and not t.cfg.gradient_checkpointing)
         batch = {key: to_device(v, t.device) for key, v in rows.items()}
         fault_point("train_batch")
         yield batch, k == t.cfg.grad_accum - 1

@@ -105,3 +105,45 @@ def test_compile_failure_is_one_clear_error(tiny_cfg, tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match=r"compile=true: torch.compile failed .*C\+\+ compiler not found.*"
                                            r"train with compile=false"):
         run_stage(tiny_cfg(compile=True, eval_every=0), 1, tmp_path / "c", progress=False)
+
+
+def test_shared_prefix_is_the_system_prompt_and_stops_before_the_image(dataset, random_model):
+    """The rows' common start is BOS + Vicuna's system prompt + "USER:"; the image tokens differ per row."""
+    from minillava.conversation import VICUNA_SYSTEM
+    from minillava.data.dataset import shared_prefix_length
+
+    batch = dataset.collate(dataset.batch_indices(0, 8, seed=0), share_prefix=True)
+    prefix = batch["shared_prefix"]
+    ids = batch["input_ids"]
+    assert bool((ids[:, :prefix] == ids[:1, :prefix]).all()) and ids[0, prefix] == random_model.image_token_id
+    assert VICUNA_SYSTEM in random_model.tokenizer.decode(ids[0, :prefix])
+    assert "shared_prefix" not in dataset.collate(dataset.batch_indices(0, 8, seed=0))  # only when asked
+    # a labelled token inside the common start shortens it: position P must carry no loss either
+    labels = batch["labels"].clone()
+    labels[:, 5] = ids[:, 5]
+    assert shared_prefix_length(ids, labels, random_model.image_token_id) == 4
+
+
+def test_shared_prefix_loss_and_gradients_equal_the_plain_batch(dataset, random_model):
+    """Running the common prefix once and repeating its keys and values: the same loss sum, count and gradients
+    (fp32, atol 1e-5) as the plain batch, prefix embeddings and projector included."""
+    model = random_model.train()
+    model.vision.requires_grad_(False)
+    model.lm.requires_grad_(True)
+    batch = dataset.collate(dataset.batch_indices(1, 8, seed=0), share_prefix=True)
+    assert batch["shared_prefix"] > 50
+    shared = _loss_and_grads(model, batch)
+    plain = _loss_and_grads(model, {k: v for k, v in batch.items() if k != "shared_prefix"})
+    model.eval()
+    assert shared[1] == plain[1] > 0
+    torch.testing.assert_close(shared[0] / shared[1], plain[0] / plain[1], atol=1e-5, rtol=0)  # eq. 3's mean
+    assert shared[2].keys() == plain[2].keys() and len(plain[2]) > 10
+    for k in plain[2]:
+        torch.testing.assert_close(shared[2][k], plain[2][k], atol=1e-5, rtol=1e-4, msg=k)
+
+
+def test_shared_prefix_refuses_a_prefix_that_carries_loss(dataset, random_model):
+    batch = dataset.collate(dataset.batch_indices(0, 4, seed=0), share_prefix=True)
+    batch["labels"][:, 3] = batch["input_ids"][:, 3]
+    with pytest.raises(ValueError, match="shared_prefix=.*no loss"):
+        random_model(**batch)

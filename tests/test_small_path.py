@@ -334,3 +334,31 @@ def test_a_broken_coco_subset_stops_the_split_with_one_line_naming_the_file(tmp_
     with pytest.raises(DataError, match=r"captions_val2017\.json: invalid JSON at line 1"):
         split_coco_subset(tmp_path / "src", "val2017", tmp_path / "out", seed=0)
     assert not (tmp_path / "out" / "settings.json").exists()  # nothing half-written is taken for a finished split
+
+
+@pytest.mark.parametrize("lm", ["smol", "qwen"])
+def test_the_chat_system_prompt_is_shared_and_changes_no_gradient(lm, standins, coco):
+    """Stage 2's shared prefix on the real architectures (tied Llama, Qwen2) and their ChatML system prompts:
+    the same loss and gradients as the plain batch."""
+    from minillava.config import load_config
+    from minillava.conversation import get_template
+    from minillava.data.dataset import InstructDataset
+    from minillava.data.llava_json import read_llava_json
+    from minillava.model.build import build_model
+
+    model, _ = build_model(load_config("small", overrides(standins, coco, lm)))
+    ds = InstructDataset(read_llava_json(coco / "instruct_val2017.json")[:6], model.tokenizer,
+                         get_template("chat", model.tokenizer), image_tokens=model.num_image_tokens, max_length=1024)
+    ds.attach_features(torch.randn(len(ds.images), model.num_image_tokens, model.vision.config.hidden_size))
+    batch = ds.collate(list(range(6)), share_prefix=True)
+    assert "<|im_start|>system" in model.tokenizer.decode(batch["input_ids"][0, :batch["shared_prefix"]])
+    model.lm.train()
+    results = []
+    for b in (batch, {k: v for k, v in batch.items() if k != "shared_prefix"}):
+        model.zero_grad(set_to_none=True)
+        loss, n = model(**b)
+        (loss / n).backward()
+        results.append((loss.item() / n, {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}))
+    assert abs(results[0][0] - results[1][0]) < 1e-5 and len(results[1][1]) > 10
+    for k, grad in results[1][1].items():
+        torch.testing.assert_close(results[0][1][k], grad, atol=1e-5, rtol=1e-4, msg=k)

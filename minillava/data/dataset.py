@@ -64,6 +64,7 @@ class InstructDataset:
             self.items.append(item)
             self.image_of.append(sample.get("image"))
         self.pad_id = tokenizer.pad_token_id
+        self.image_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
         self.images = sorted({name for name in self.image_of if name})
         self.image_index = {name: j for j, name in enumerate(self.images)}
         self.features: torch.Tensor | None = None  # (num_images, N, Dv), filled by attach_features
@@ -109,9 +110,16 @@ class InstructDataset:
             out.append(int(perms[epoch][pos]))
         return out
 
-    def collate(self, indices: list[int]) -> dict[str, torch.Tensor]:
-        """Right-padded ids, labels (-100 on padding), attention mask, and the samples' image features."""
+    def collate(self, indices: list[int], share_prefix: bool = False) -> dict[str, torch.Tensor]:
+        """Right-padded ids, labels (-100 on padding), attention mask, and the samples' image features.
+
+        ``share_prefix``: also ``shared_prefix`` = P, the length of the leading tokens every row has in common
+        (BOS + system prompt + ``USER:``), when that is worth running once (``MiniLlava.decode_rest``)."""
         batch = pad_right([self.items[i] for i in indices], self.pad_id)
+        if share_prefix:
+            prefix = shared_prefix_length(batch["input_ids"], batch["labels"], self.image_id)
+            if prefix >= MIN_SHARED_PREFIX and len(indices) > 1:
+                batch["shared_prefix"] = prefix
         with_image = [self.image_index[self.image_of[i]] for i in indices if self.image_of[i]]
         if with_image:
             if self.features is None:
@@ -163,6 +171,20 @@ def pad_right(items: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
         n = len(x["input_ids"])
         ids[row, :n], labels[row, :n], mask[row, :n] = x["input_ids"], x["labels"], 1
     return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+
+MIN_SHARED_PREFIX = 8  # below this the extra decoder call costs more than the rows it saves (stage 1: BOS only)
+
+
+def shared_prefix_length(ids: torch.Tensor, labels: torch.Tensor, image_id: int) -> int:
+    """P: how many leading positions of the (B, L) batch hold the same token in every row, stopping before the
+    first ``<image>`` (each row's H_v differs) and keeping position P free of loss (it is predicted from P - 1)."""
+    same = (ids == ids[:1]).all(dim=0) & (ids[0] != image_id)        # (L,)
+    prefix = int(same.long().cumprod(0).sum())
+    prefix = min(prefix, ids.shape[1] - 1)
+    while prefix > 0 and (labels[:, :prefix + 1] != IGNORE_INDEX).any():
+        prefix -= 1
+    return prefix
 
 
 def left_pad(prompts: list[torch.Tensor], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

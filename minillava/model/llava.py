@@ -10,12 +10,19 @@ the splice is a single masked assignment into the word embeddings; those positio
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 from torch import nn
 
 from ..conversation import IMAGE_TOKEN
 from .projector import build_projector
 from .vision import encode_images
+
+
+def cache_argument(decoder) -> str:
+    """The decoder's name for its KV-cache argument: ``cache`` from transformers 5.25, ``past_key_values`` before."""
+    return "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
 
 
 class MiniLlava(nn.Module):
@@ -69,7 +76,7 @@ class MiniLlava(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor, attention_mask: torch.Tensor | None = None,
                     image_features: torch.Tensor | None = None, pixel_values: torch.Tensor | None = None,
-                    position_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
+                    position_ids: torch.Tensor | None = None, shared_prefix: int = 0) -> tuple[torch.Tensor, int]:
         """Eq. 3 as a *sum* of -log p over answer tokens, and their count.
 
         Summing (not averaging) lets the trainer divide by the token count of the whole global batch, so
@@ -77,18 +84,46 @@ class MiniLlava(nn.Module):
         applied only at positions that predict an answer token: (M, D) @ (D, V) instead of (B, T, D) @ (D, V).
         Packed rows (``InstructDataset.collate_packed``) pass ``position_ids`` that restart per sample and no
         ``attention_mask``; transformers then confines attention to each sample.
+        ``shared_prefix = P`` (``InstructDataset.collate``): the first P tokens are the same in every row and carry
+        no loss (BOS, system prompt, ``USER:``), so they go through the LM once, not B times (``decode_rest``).
         """
         if image_features is None and pixel_values is not None:
             image_features = self.image_features(pixel_values)
         embeds = self.embed(input_ids, image_features)
-        # no KV cache in training (it would also switch off transformers' packed-sequence masking)
-        hidden = self.lm.get_decoder()(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
-                                       use_cache=False).last_hidden_state
+        if shared_prefix:
+            if (labels[:, :shared_prefix + 1] != -100).any():
+                raise ValueError(f"shared_prefix={shared_prefix}: the shared tokens (and the one after) must carry "
+                                 f"no loss")
+            hidden = self.decode_rest(embeds, attention_mask, shared_prefix)  # (B, T - P, D)
+            labels = labels[:, shared_prefix:]
+        else:  # no KV cache in training (it would also switch off transformers' packed-sequence masking)
+            hidden = self.lm.get_decoder()(inputs_embeds=embeds, attention_mask=attention_mask,
+                                           position_ids=position_ids, use_cache=False).last_hidden_state
         targets = labels[:, 1:]                      # token t is predicted from position t - 1
         keep = targets != -100                       # (B, T-1)
         logits = self.lm.get_output_embeddings()(hidden[:, :-1][keep])  # (M, V)
         loss = torch.nn.functional.cross_entropy(logits.float(), targets[keep], reduction="sum")
         return loss, int(keep.sum())
+
+    def decode_rest(self, embeds: torch.Tensor, attention_mask: torch.Tensor | None, prefix: int) -> torch.Tensor:
+        """The decoder's hidden states (B, T - P, D) after the P leading positions that every row shares.
+
+        Row 0's prefix (1, P, D) runs once and leaves its keys and values in a KV cache; the cache is repeated B
+        times and the remaining (B, T - P) positions attend to it. Causal attention means the prefix never sees
+        what follows it, so its keys and values are the same in every row and the result equals the plain batch's
+        (tested to fp32 rounding). Gradients flow through the cache: the backward of the repeat sums all B rows'
+        gradients into the one prefix, as the plain batch would into B copies of it.
+        """
+        decoder = self.lm.get_decoder()
+        batch, length, _ = embeds.shape
+        head = decoder(inputs_embeds=embeds[:1, :prefix], use_cache=True)
+        cache = head.cache if hasattr(head, "cache") else head.past_key_values  # transformers ≥ 5.25 : before
+        cache.batch_repeat_interleave(batch)  # (1, H, P, d) → (B, H, P, d) in every layer
+        if attention_mask is None:
+            attention_mask = torch.ones(batch, length, dtype=torch.long, device=embeds.device)
+        positions = torch.arange(prefix, length, device=embeds.device).expand(batch, -1)  # (B, T - P)
+        return decoder(inputs_embeds=embeds[:, prefix:], attention_mask=attention_mask, position_ids=positions,
+                       use_cache=True, **{cache_argument(decoder): cache}).last_hidden_state
 
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
