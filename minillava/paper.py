@@ -1,9 +1,9 @@
 """The papers' numbers, in one place: what the notebooks, reports and ablations print beside ours.
 
 Sources: *Visual Instruction Tuning* (Liu, Li, Wu, Lee; NeurIPS 2023, arXiv 2304.08485) — "the paper" — and
-*Improved Baselines with Visual Instruction Tuning* (LLaVA-1.5; arXiv 2310.03744), cited by its scaling table's
-name rather than its number, which differs between the arXiv note and the CVPR 2024 version. Nothing here is
-computed; every value is the paper's, with the table it comes from.
+*Improved Baselines with Visual Instruction Tuning* (LLaVA-1.5; arXiv 2310.03744), whose tables are numbered as in
+its CVPR 2024 version (arXiv v2; the arXiv v1 note numbers them differently): its scaling table is Table 2. Nothing
+here is computed; every value is the paper's, with the table it comes from.
 """
 
 from __future__ import annotations
@@ -31,7 +31,8 @@ TABLE8 = {
     "7B instead of 13B": 89.84,
 }
 
-# LLaVA-1.5's scaling table (GQA / MME / MM-Vet), the rows this project refers to.
+# LLaVA-1.5's scaling table (Table 2 of the CVPR 2024 version; GQA / MME / MM-Vet), the rows this project refers to.
+# Every row up to "+ MLP connector" is a 7B LM at 224 px; the final row is 13B at 336 px.
 LLAVA15_SCALING = {
     "LLaVA-7B": {"GQA": None, "MME": 809.6, "MM-Vet": 25.5},
     "+ VQAv2": {"GQA": 47.0, "MME": 1197.0, "MM-Vet": 27.7},
@@ -40,7 +41,7 @@ LLAVA15_SCALING = {
     "13B (final)": {"GQA": 63.3, "MME": 1531.3, "MM-Vet": 36.1},
 }
 
-# The hyperparameters each stage trained with: LLaVA's from §4.2, LLaVA-1.5's from the authors'
+# The hyperparameters each stage trained with: LLaVA's from §5 (its opening paragraph), LLaVA-1.5's from the authors'
 # scripts/v1_5/pretrain.sh and finetune.sh (per-device batch × 8 GPUs). All use AdamW without weight decay, a cosine
 # schedule with warmup ratio 0.03, max length 2048 and bf16.
 HYPERPARAMETERS = {
