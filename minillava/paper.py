@@ -55,3 +55,26 @@ COMMON = {"optimizer": "AdamW", "weight_decay": 0.0, "schedule": "cosine", "warm
 
 # §3: the instruction data's three parts (LLaVA-Instruct-158K)
 INSTRUCT_158K = {"conversation": 58_000, "detail": 23_000, "complex": 77_000}
+
+# §4.1 names the encoder (CLIP ViT-L/14); its input size is in the authors' scripts: scripts/pretrain.sh loads
+# openai/clip-vit-large-patch14 (224 px), scripts/v1_5/pretrain.sh openai/clip-vit-large-patch14-336. The image
+# becomes (px / patch)² patch tokens: the CLS token is dropped (the default `select_feature = "patch"` of the authors'
+# llava/model/multimodal_encoder/clip_encoder.py).
+VISION_ENCODERS = {
+    "LLaVA": {"tower": "openai/clip-vit-large-patch14", "px": 224, "patch": 14, "layers": 24, "width": 1024},
+    "LLaVA-1.5": {"tower": "openai/clip-vit-large-patch14-336", "px": 336, "patch": 14, "layers": 24, "width": 1024},
+}
+
+
+def image_tokens(model: str) -> int:
+    """Patch tokens per image for ``model`` ("LLaVA" or "LLaVA-1.5"): (px / patch)²."""
+    v = VISION_ENCODERS[model]
+    return (v["px"] // v["patch"]) ** 2
+
+
+# §5.1: LLaVA-Bench (COCO) — 30 COCO val images, one question of each type per image; Table 5's In-the-Wild set.
+LLAVA_BENCH = {"COCO": {"images": 30, "questions": 90}, "In-the-Wild": {"images": 24, "questions": 60}}
+
+# LLaVA-1.5's data (scripts/v1_5/pretrain.sh, finetune.sh): image–caption pairs for stage 1, the instruction mix for
+# stage 2 (llava_v1_5_mix665k.json)
+LLAVA15_DATA = {"stage 1 pairs": 558_000, "stage 2 mix": 665_000}

@@ -433,11 +433,11 @@ def validation_loss(model, dataset: InstructDataset, batch_size: int = 32) -> fl
     """Mean answer-token loss over a held-out dataset (the model's train/eval mode is restored)."""
     was_training = model.lm.training
     model.eval()
-    device = next(model.parameters()).device
+    device = str(next(model.parameters()).device)
     total, count = 0.0, 0
     for i in range(0, len(dataset), batch_size):
-        batch = {k: v.to(device) for k, v in dataset.collate(list(range(i, min(i + batch_size, len(dataset))))).items()}
-        loss_sum, n = model(**batch)
+        rows = dataset.collate(list(range(i, min(i + batch_size, len(dataset)))), share_prefix=True)
+        loss_sum, n = model(**{k: to_device(v, device) for k, v in rows.items()})
         total, count = total + loss_sum.item(), count + n
         fault_point("eval")
     model.lm.train(was_training)
