@@ -74,6 +74,18 @@ def aggregate(result: dict, how: str = "mean") -> torch.Tensor:
 
 
 @torch.no_grad()
+def attention_by_cell(result: dict, record, token: int, how: str = "mean") -> list[tuple[int, float, str]]:
+    """Where answer token ``token`` looked, for a scene of the tiny preset (one patch per 3×3 cell): (cell, share of
+    its image attention, what stands in that cell) for the 9 cells, most attended first."""
+    from ..data.grid import cell_of_box
+
+    weights = aggregate(result, how)[token]                          # (N,) over the image tokens
+    share = weights / weights.sum()
+    contents = {cell_of_box(o.bbox, record.width, record.height): f"{o.attributes.get('size', '')} {o.color} "
+                f"{o.category}".strip() for o in record.objects}
+    return [(cell, float(share[cell]), contents.get(cell, "empty")) for cell in share.argsort(descending=True).tolist()]
+
+
 def vision_cls_attention(vision, pixel_values: torch.Tensor, layer: int = -1) -> torch.Tensor:
     """The vision tower's own CLS → patch attention at ``layer``, averaged over heads: (B, N)."""
     with eager_attention(vision):
