@@ -306,7 +306,8 @@ class StepLog:
     def write(self, done: int, loss: float, grad_norm: torch.Tensor, lr: float, tokens: int,
               evaluate: Callable[[], dict] | None) -> None:
         self.tokens += tokens
-        if self.rank != 0 or not (done % self.every == 0 or done == self.settings.steps or evaluate):
+        # the first step is always logged: its loss is the untrained start (measured before the first update)
+        if self.rank != 0 or not (done % self.every == 0 or done in (1, self.settings.steps) or evaluate):
             return
         elapsed = time.perf_counter() - self.t0
         record = {"stage": self.settings.number, "step": done, "loss": round(loss, 5), "lr": lr,

@@ -10,4 +10,4 @@ export TQDM_DISABLE=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLE
 # the quickstart model that notebooks 04+ look at is trained once and reused from here
 export MINILLAVA_NOTEBOOK_CACHE=${MINILLAVA_NOTEBOOK_CACHE:-$PWD/.cache/notebooks}
 exec .venv/bin/python -m pytest tests notebooks --nbval --nbval-sanitize-with notebooks/sanitize.cfg \
-  --nbval-current-env -p no:cacheprovider "$@"
+  --nbval-current-env -p no:cacheprovider --durations=25 "$@"

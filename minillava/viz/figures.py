@@ -24,17 +24,28 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
+def plot_loss(ax, log_path: Path, title: str, window: int = 5) -> None:
+    """One stage's ``log.jsonl`` on ``ax``: each logged step's loss (one batch: noisy), their running mean over
+    ``window`` records, the first step's loss (the untrained start), and the held-out loss; log scale."""
+    log = [json.loads(x) for x in Path(log_path).read_text().splitlines()]
+    steps, losses = [r["step"] for r in log], [r["loss"] for r in log]
+    ax.plot(steps, losses, color="tab:blue", alpha=0.3, lw=1, label="train, one batch")
+    smooth = [sum(losses[max(0, i - window + 1):i + 1]) / len(losses[max(0, i - window + 1):i + 1])
+              for i in range(len(losses))]
+    ax.plot(steps, smooth, color="tab:blue", lw=2, label=f"train, mean of {window} logged steps")
+    if steps and steps[0] == 1:
+        ax.plot(steps[:1], losses[:1], "s", color="black", label=f"step 1 (untrained): {losses[0]:.2f}")
+    val = [(r["step"], r["val_loss"]) for r in log if "val_loss" in r]
+    if val:
+        ax.plot(*zip(*val), "o-", color="tab:orange", label="held-out")
+    ax.set_yscale("log"), ax.set_xlabel("optimiser step"), ax.set_ylabel("answer-token loss (nats)")
+    ax.set_title(title), ax.legend(fontsize=7)
+
+
 def loss_curves(run_dir: Path, out: Path) -> Path:
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3))
-    for ax, stage in zip(axes, ("stage1", "stage2")):
-        log = [json.loads(x) for x in (run_dir / stage / "log.jsonl").read_text().splitlines()]
-        ax.plot([r["step"] for r in log], [r["loss"] for r in log], label="train")
-        val = [(r["step"], r["val_loss"]) for r in log if "val_loss" in r]
-        if val:
-            ax.plot(*zip(*val), "o-", label="held-out")
-        ax.set_yscale("log"), ax.set_xlabel("optimiser step"), ax.set_ylabel("answer-token loss (nats)")
-        ax.set_title(f"{stage[:-1]} {stage[-1]}: " + ("only W trains" if stage == "stage1" else "W and the LM train"))
-        ax.legend()
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    plot_loss(axes[0], run_dir / "stage1" / "log.jsonl", "stage 1: only W trains")
+    plot_loss(axes[1], run_dir / "stage2" / "log.jsonl", "stage 2: W and the LM train")
     return _save(fig, out / "loss_curves.png")
 
 
