@@ -197,7 +197,7 @@ def report(metrics: dict) -> str:
               "| | conv | detail | complex | all |", "|---|---|---|---|---|",
               "| minillava " + metrics["preset"] + " | " + " | ".join(
                   "—" if rel.get(k) is None else f"{rel[k]:.1f}" for k in ("conv", "detail", "complex", "all")) + " |",
-              "| LLaVA 13B (paper, GPT-4 judge) | " + " | ".join(
+              "| LLaVA (paper, Table 4, GPT-4 judge) | " + " | ".join(
                   f"{TABLE4_FULL[k]:.1f}" for k in ("conv", "detail", "complex", "all")) + " |"]
     lines += ["", "| stage | seconds |", "|---|---|"] + [f"| {k} | {v} |" for k, v in metrics["seconds"].items()]
     g = metrics.get("grounding")
