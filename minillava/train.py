@@ -306,7 +306,7 @@ class StepLog:
     def write(self, done: int, loss: float, grad_norm: torch.Tensor, lr: float, tokens: int,
               evaluate: Callable[[], dict] | None) -> None:
         self.tokens += tokens
-        # the first step is always logged: its loss is the untrained start (measured before the first update)
+        # the first step is always logged: its loss is where the stage starts (measured before the first update)
         if self.rank != 0 or not (done % self.every == 0 or done in (1, self.settings.steps) or evaluate):
             return
         elapsed = time.perf_counter() - self.t0

@@ -49,7 +49,7 @@ def test_stage2_trains_projector_and_lm_and_loss_falls(tiny_cfg, tmp_path):
 
 
 def test_the_log_holds_the_first_step_every_nth_and_the_last(tiny_cfg, tmp_path):
-    """The first step's loss is the untrained start the loss curves begin from; then every log_every-th step."""
+    """The first step's loss (before any update) is where the loss curves begin; then every log_every-th step."""
     run_stage(tiny_cfg(stage2_steps=6, log_every=4, eval_every=0, save_every=100), 2, tmp_path / "s2")
     log = [json.loads(line) for line in (tmp_path / "s2" / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [1, 4, 6]

@@ -26,7 +26,7 @@ def _save(fig, path: Path) -> Path:
 
 def plot_loss(ax, log_path: Path, title: str, window: int = 5) -> None:
     """One stage's ``log.jsonl`` on ``ax``: each logged step's loss (one batch: noisy), their running mean over
-    ``window`` records, the first step's loss (the untrained start), and the held-out loss; log scale."""
+    ``window`` records, the first step's loss (before any update of this stage), and the held-out loss; log scale."""
     log = [json.loads(x) for x in Path(log_path).read_text().splitlines()]
     steps, losses = [r["step"] for r in log], [r["loss"] for r in log]
     ax.plot(steps, losses, color="tab:blue", alpha=0.3, lw=1, label="train, one batch")
@@ -34,7 +34,7 @@ def plot_loss(ax, log_path: Path, title: str, window: int = 5) -> None:
               for i in range(len(losses))]
     ax.plot(steps, smooth, color="tab:blue", lw=2, label=f"train, mean of {window} logged steps")
     if steps and steps[0] == 1:
-        ax.plot(steps[:1], losses[:1], "s", color="black", label=f"step 1 (untrained): {losses[0]:.2f}")
+        ax.plot(steps[:1], losses[:1], "s", color="black", label=f"step 1 (before any update): {losses[0]:.2f}")
     val = [(r["step"], r["val_loss"]) for r in log if "val_loss" in r]
     if val:
         ax.plot(*zip(*val), "o-", color="tab:orange", label="held-out")
