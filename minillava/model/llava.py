@@ -10,6 +10,7 @@ the splice is a single masked assignment into the word embeddings; those positio
 
 from __future__ import annotations
 
+import functools
 import inspect
 
 import torch
@@ -20,9 +21,15 @@ from .projector import build_projector
 from .vision import encode_images
 
 
+@functools.cache
+def _cache_argument(decoder_class: type) -> str:
+    return "cache" if "cache" in inspect.signature(decoder_class.forward).parameters else "past_key_values"
+
+
 def cache_argument(decoder) -> str:
-    """The decoder's name for its KV-cache argument: ``cache`` from transformers 5.25, ``past_key_values`` before."""
-    return "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
+    """The decoder's name for its KV-cache argument: ``cache`` from transformers 5.25, ``past_key_values`` before
+    (read once per decoder class, not on every training step)."""
+    return _cache_argument(type(decoder))
 
 
 class MiniLlava(nn.Module):
