@@ -87,7 +87,7 @@ class Config:
     group_by_length: int = 16           # batches per length-sorted mega-batch (0 = plain shuffling)
     bf16: bool = True                    # autocast on CUDA only; CPU runs in fp32
     pack_sequences: bool = False         # padding-free rows of up to max_length tokens (position ids restart)
-    share_prefix: bool = True            # the batch's common system prompt runs through the LM once (MiniLlava.decode_rest)
+    share_prefix: bool = True            # the batch's common system prompt runs through the LM once (model.llava.decode_rest)
     compile: bool = False                # torch.compile the LM decoder (off: CPU compile is slow to start)
     gradient_checkpointing: bool = False  # stage 2: recompute each LM layer in the backward (less memory, more time)
     log_every: int = 25

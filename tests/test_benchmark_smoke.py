@@ -80,3 +80,28 @@ def test_batch_layout(throughput):
     assert bool((ids[:, 7:7 + model.num_image_tokens] == model.image_token_id).all())
     assert int((ids == model.image_token_id).sum()) == 3 * model.num_image_tokens
     assert int((labels != -100).sum(1)[0]) == throughput.ANSWER_LEN
+
+
+def _benchmark(name: str):
+    if str(ROOT / "benchmarks") not in sys.path:
+        sys.path.insert(0, str(ROOT / "benchmarks"))
+    return importlib.import_module(name)
+
+
+def test_stage0_lm_benchmark_times_both_variants_on_the_same_batches(tmp_path):
+    out = tmp_path / "stage0_lm.json"
+    _benchmark("stage0_lm").main(["--steps", "1", "--warmup", "0", "--batch", "6", "--out", str(out)])
+    report = json.loads(out.read_text())
+    assert set(report["variants"]) == {"plain", "shared_prefix"} and report["answer_tokens"] > 0
+    assert all(_positive(v["answer_tokens_per_s"]) for v in report["variants"].values())
+    assert report["variants"]["plain"]["ratio"] == 1.0
+
+
+def test_lm_lookup_benchmark_reports_answers_attention_and_row_structure(tmp_path):
+    out = tmp_path / "lookup.json"
+    _benchmark("lm_lookup").main(["--questions", "6", "--out", str(out)])
+    report = json.loads(out.read_text())
+    assert report["n"] == 6 and sum(report["answers"].values()) == pytest.approx(1.0, abs=1e-3)
+    for name, table in report["attention"].items():  # layer × head shares, each in [0, 1]
+        assert len(table) == 4 and all(len(row) == 6 and all(0 <= v <= 1.001 for v in row) for row in table), name
+    assert 0 < report["rows"]["r2_additive"] <= 1

@@ -101,6 +101,45 @@ def test_focus_samples_ask_mostly_hard_kinds_and_near_miss_absent_pairs_are_abse
     assert hard / len(kinds) > 0.6 and near_misses > 30
 
 
+def test_shared_prefix_loss_and_gradients_equal_the_plain_batch_with_chat_and_plain_rows_mixed(monkeypatch):
+    """``fit_lm(share_prefix=True)``: chat rows run their common system prompt once, stage-1 ``plain`` rows go
+    apart; the mean over all answer tokens and every gradient equal transformers' own loss on the padded batch."""
+    import random
+
+    from transformers import LlamaForCausalLM
+
+    from minillava.conversation import get_template, tokenize_conversation
+    from minillava.data.dataset import pad_right
+    from minillava.model.backbones import tiny_lm_config
+    import minillava.model.llava as llava
+    from minillava.stage0.lm import shared_prefix_loss
+    from minillava.stage0.vocab import cell_words_sample
+    prefixes = []
+    decode_rest = llava.decode_rest
+    monkeypatch.setattr(llava, "decode_rest", lambda *a: prefixes.append(a[-1]) or decode_rest(*a))
+    _, tokenizer = load_lm("tiny")
+    torch.manual_seed(0)
+    lm = LlamaForCausalLM(tiny_lm_config(len(tokenizer), tokenizer))
+    rng, template = random.Random(0), get_template("vicuna_v1")
+    scenes = generate_split(40, "train", seed=3)
+    samples = [cell_words_sample(*rng.choice(scenes)[:2], rng, True) for _ in range(12)]
+    assert 0 < sum("template" in s for s in samples) < len(samples)  # both kinds of row are in the batch
+    items = [tokenize_conversation(s, tokenizer, s.pop("template", template), image_tokens=1, max_length=256)
+             for s in samples]
+
+    def loss_and_grads(loss_fn):
+        lm.zero_grad()
+        loss = loss_fn()
+        loss.backward()
+        return loss.item(), [p.grad.clone() for p in lm.parameters()]
+    plain, plain_grads = loss_and_grads(lambda: lm(**pad_right(items, tokenizer.pad_token_id)).loss)
+    shared, shared_grads = loss_and_grads(lambda: shared_prefix_loss(lm, items, tokenizer))
+    assert shared == pytest.approx(plain, abs=1e-5)
+    assert len(prefixes) == 1 and prefixes[0] > 50  # the chat rows' system prompt ran once
+    for a, b in zip(plain_grads, shared_grads):
+        torch.testing.assert_close(b, a, atol=1e-5, rtol=0)
+
+
 def test_hard_negative_twin_differs_in_exactly_one_attribute():
     for _, layout, _ in generate_split(50, "train", seed=1):
         import random
@@ -114,13 +153,15 @@ def test_a_config_that_leaves_a_later_addition_off_hashes_as_the_recipe_version_
     import hashlib
 
     def version1_hash(cfg):  # the hash before any of the additions existed: the fields of version 1 only
-        fields = {k: v for k, v in dataclasses.asdict(cfg).items() if not k.startswith(("lm_focus_", "lm_cells_"))}
+        fields = {k: v for k, v in dataclasses.asdict(cfg).items() if not k.startswith(("lm_focus_", "lm_cells_", "lm_share_prefix"))}
         return hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
     phase1 = Stage0Config(lm_focus_steps=0, lm_cells_steps=0, lm_focus_lr=1.0, lm_cells_where=True)
     assert phase1.recipe_version() == 1 and phase1.hash() == version1_hash(phase1)
     assert Stage0Config().recipe_version() == 4  # cell words that name their cell; no colour drill
     assert Stage0Config(lm_cells_color=True).recipe_version() == 5
     assert Stage0Config(lm_cells_color=True).hash() != Stage0Config().hash()
+    assert Stage0Config(lm_share_prefix=True).recipe_version() == 6  # same loss, other rounding: a new version
+    assert Stage0Config(lm_share_prefix=True).hash() != Stage0Config().hash()
 
 
 @pytest.mark.skipif(not (TINY_DIR / "recipe.json").is_file(), reason="no shipped tiny backbones in this checkout")

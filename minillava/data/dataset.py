@@ -114,7 +114,7 @@ class InstructDataset:
         """Right-padded ids, labels (-100 on padding), attention mask, and the samples' image features.
 
         ``share_prefix``: also ``shared_prefix`` = P, the length of the leading tokens every row has in common
-        (BOS + system prompt + ``USER:``), when that is worth running once (``MiniLlava.decode_rest``)."""
+        (BOS + system prompt + ``USER:``), when that is worth running once (``model.llava.decode_rest``)."""
         batch = pad_right([self.items[i] for i in indices], self.pad_id)
         if share_prefix:
             prefix = shared_prefix_length(batch["input_ids"], batch["labels"], self.image_id)

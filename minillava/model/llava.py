@@ -32,6 +32,45 @@ def cache_argument(decoder) -> str:
     return _cache_argument(type(decoder))
 
 
+def answer_loss(lm, embeds: torch.Tensor, labels: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                position_ids: torch.Tensor | None = None, shared_prefix: int = 0) -> tuple[torch.Tensor, int]:
+    """Eq. 3 for any causal LM given its input embeddings (B, T, D): the sum of -log p over the labelled tokens
+    (labels -100 elsewhere), and their count. Stage 0's chat LM trains with it too (its inputs are all words)."""
+    if shared_prefix:
+        if (labels[:, :shared_prefix + 1] != -100).any():
+            raise ValueError(f"shared_prefix={shared_prefix}: the shared tokens (and the one after) must carry no loss")
+        hidden = decode_rest(lm.get_decoder(), embeds, attention_mask, shared_prefix)  # (B, T - P, D)
+        labels = labels[:, shared_prefix:]
+    else:  # no KV cache in training (it would also switch off transformers' packed-sequence masking)
+        hidden = lm.get_decoder()(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
+                                  use_cache=False).last_hidden_state
+    targets = labels[:, 1:]                      # token t is predicted from position t - 1
+    keep = targets != -100                       # (B, T-1)
+    logits = lm.get_output_embeddings()(hidden[:, :-1][keep])  # (M, V)
+    loss = torch.nn.functional.cross_entropy(logits.float(), targets[keep], reduction="sum")
+    return loss, int(keep.sum())
+
+
+def decode_rest(decoder, embeds: torch.Tensor, attention_mask: torch.Tensor | None, prefix: int) -> torch.Tensor:
+    """The decoder's hidden states (B, T - P, D) after the P leading positions that every row shares.
+
+    Row 0's prefix (1, P, D) runs once and leaves its keys and values in a KV cache; the cache is repeated B
+    times and the remaining (B, T - P) positions attend to it. Causal attention means the prefix never sees
+    what follows it, so its keys and values are the same in every row and the result equals the plain batch's
+    (tested to fp32 rounding). Gradients flow through the cache: the backward of the repeat sums all B rows'
+    gradients into the one prefix, as the plain batch would into B copies of it.
+    """
+    batch, length, _ = embeds.shape
+    head = decoder(inputs_embeds=embeds[:1, :prefix], use_cache=True)
+    cache = head.cache if hasattr(head, "cache") else head.past_key_values  # transformers ≥ 5.25 : before
+    cache.batch_repeat_interleave(batch)  # (1, H, P, d) → (B, H, P, d) in every layer
+    if attention_mask is None:
+        attention_mask = torch.ones(batch, length, dtype=torch.long, device=embeds.device)
+    positions = torch.arange(prefix, length, device=embeds.device).expand(batch, -1)  # (B, T - P)
+    return decoder(inputs_embeds=embeds[:, prefix:], attention_mask=attention_mask, position_ids=positions,
+                   use_cache=True, **{cache_argument(decoder): cache}).last_hidden_state
+
+
 class MiniLlava(nn.Module):
     """g (frozen CLIP vision tower) → W (projector) → f_φ (any transformers causal LM)."""
 
@@ -92,45 +131,12 @@ class MiniLlava(nn.Module):
         Packed rows (``InstructDataset.collate_packed``) pass ``position_ids`` that restart per sample and no
         ``attention_mask``; transformers then confines attention to each sample.
         ``shared_prefix = P`` (``InstructDataset.collate``): the first P tokens are the same in every row and carry
-        no loss (BOS, system prompt, ``USER:``), so they go through the LM once, not B times (``decode_rest``).
+        no loss (BOS, system prompt, ``USER:``), so they go through the LM once, not B times (``decode_rest``). The sum itself is ``answer_loss``.
         """
         if image_features is None and pixel_values is not None:
             image_features = self.image_features(pixel_values)
-        embeds = self.embed(input_ids, image_features)
-        if shared_prefix:
-            if (labels[:, :shared_prefix + 1] != -100).any():
-                raise ValueError(f"shared_prefix={shared_prefix}: the shared tokens (and the one after) must carry "
-                                 f"no loss")
-            hidden = self.decode_rest(embeds, attention_mask, shared_prefix)  # (B, T - P, D)
-            labels = labels[:, shared_prefix:]
-        else:  # no KV cache in training (it would also switch off transformers' packed-sequence masking)
-            hidden = self.lm.get_decoder()(inputs_embeds=embeds, attention_mask=attention_mask,
-                                           position_ids=position_ids, use_cache=False).last_hidden_state
-        targets = labels[:, 1:]                      # token t is predicted from position t - 1
-        keep = targets != -100                       # (B, T-1)
-        logits = self.lm.get_output_embeddings()(hidden[:, :-1][keep])  # (M, V)
-        loss = torch.nn.functional.cross_entropy(logits.float(), targets[keep], reduction="sum")
-        return loss, int(keep.sum())
-
-    def decode_rest(self, embeds: torch.Tensor, attention_mask: torch.Tensor | None, prefix: int) -> torch.Tensor:
-        """The decoder's hidden states (B, T - P, D) after the P leading positions that every row shares.
-
-        Row 0's prefix (1, P, D) runs once and leaves its keys and values in a KV cache; the cache is repeated B
-        times and the remaining (B, T - P) positions attend to it. Causal attention means the prefix never sees
-        what follows it, so its keys and values are the same in every row and the result equals the plain batch's
-        (tested to fp32 rounding). Gradients flow through the cache: the backward of the repeat sums all B rows'
-        gradients into the one prefix, as the plain batch would into B copies of it.
-        """
-        decoder = self.lm.get_decoder()
-        batch, length, _ = embeds.shape
-        head = decoder(inputs_embeds=embeds[:1, :prefix], use_cache=True)
-        cache = head.cache if hasattr(head, "cache") else head.past_key_values  # transformers ≥ 5.25 : before
-        cache.batch_repeat_interleave(batch)  # (1, H, P, d) → (B, H, P, d) in every layer
-        if attention_mask is None:
-            attention_mask = torch.ones(batch, length, dtype=torch.long, device=embeds.device)
-        positions = torch.arange(prefix, length, device=embeds.device).expand(batch, -1)  # (B, T - P)
-        return decoder(inputs_embeds=embeds[:, prefix:], attention_mask=attention_mask, position_ids=positions,
-                       use_cache=True, **{cache_argument(decoder): cache}).last_hidden_state
+        return answer_loss(self.lm, self.embed(input_ids, image_features), labels, attention_mask, position_ids,
+                           shared_prefix)
 
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,

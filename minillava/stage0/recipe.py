@@ -59,6 +59,8 @@ class Stage0Config:
     lm_cells_lr: float = 2e-3
     lm_cells_where: bool = True         # each cell word also names its cell: "<top-left:large-red-circle>"
     lm_cells_color: bool = False        # its focus dialogues also drill "What color is the {shape}?"
+    # every chat-LM phase runs the batch's common system prompt once (same loss, fewer FLOPs; new rounding)
+    lm_share_prefix: bool = False
 
     def recipe_version(self) -> int:
         """The latest recipe version this config uses (1: the tower and chat-LM phase 1 only)."""
@@ -87,6 +89,7 @@ RECIPE_VERSIONS = {
     3: ("lm_cells_steps", 0, "lm_cells_"),          # phase 3: cell words (its switches below go with it)
     4: ("lm_cells_where", False, "lm_cells_where"),  # cell words that name their cell
     5: ("lm_cells_color", False, "lm_cells_color"),  # colour questions in the phase-3 focus dialogues
+    6: ("lm_share_prefix", False, "lm_share_prefix"),  # the chat LM's system prompt computed once per batch
 }
 
 

@@ -109,5 +109,6 @@ def cell_words_chat_lm(cfg, lm, scenes, tokenizer, held_out=None, log=print) -> 
     kinds = FOCUS_KINDS + ("color",) * cfg.lm_cells_color
     return fit_lm(lm, tokenizer, lambda rng: cell_words_sample(*rng.choice(scenes)[:2], rng, where, kinds),
                   random.Random(cfg.seed + 3), steps=steps, batch=cfg.lm_cells_batch, lr=cfg.lm_cells_lr,
-                  warmup=0.05, max_length=cfg.max_length, desc="stage 0b: chat LM, cell words", report=report)
+                  warmup=0.05, max_length=cfg.max_length, desc="stage 0b: chat LM, cell words", report=report,
+                  share_prefix=cfg.lm_share_prefix)
 
