@@ -81,8 +81,8 @@ def lookup(lm, tokenizer, rows) -> dict:
                 sums[w, "on_asked"][layer] += row[:, cells[asked.cell]] / on_cells.clamp_min(1e-12)
     n = len(rows)
     return {"n": n, "answers": {k: round(v / n, 3) for k, v in outcome.items()},
-            "answers_by_objects": {k: {kind: round(c / sum(v.values()), 3) for kind, c in v.items()} | {"n": sum(v.values())}
-                                   for k, v in sorted(by_objects.items())},
+            "answers_by_objects": {k: {kind: round(c / sum(v.values()), 3) for kind, c in v.items()}
+                                   | {"n": sum(v.values())} for k, v in sorted(by_objects.items())},
             "attention": {f"{w}/{m}": (t / n).round(decimals=2).tolist() for (w, m), t in sums.items()},
             "uniform": {"on_asked": round(1 / 9, 3),
                         "on_objects": round(sum(len(layout) for layout, _ in rows) / 9 / n, 3)}}

@@ -131,7 +131,8 @@ class MiniLlava(nn.Module):
         Packed rows (``InstructDataset.collate_packed``) pass ``position_ids`` that restart per sample and no
         ``attention_mask``; transformers then confines attention to each sample.
         ``shared_prefix = P`` (``InstructDataset.collate``): the first P tokens are the same in every row and carry
-        no loss (BOS, system prompt, ``USER:``), so they go through the LM once, not B times (``decode_rest``). The sum itself is ``answer_loss``.
+        no loss (BOS, system prompt, ``USER:``), so they go through the LM once, not B times (``decode_rest``).
+        The sum itself is ``answer_loss``.
         """
         if image_features is None and pixel_values is not None:
             image_features = self.image_features(pixel_values)
