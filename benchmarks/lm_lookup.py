@@ -32,7 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from minillava.conversation import get_template, prompt_ids  # noqa: E402
 from minillava.data.shapes import COLORS, SHAPES, SIZES  # noqa: E402
 from minillava.model.backbones import backbone_path  # noqa: E402
-from minillava.stage0 import EMPTY_CELL, Stage0Config, cell_word, recipe_scenes, scene_in_cell_words  # noqa: E402
+from minillava.stage0 import (EMPTY_CELL, Stage0Config, cell_word, cell_words, recipe_scenes,  # noqa: E402
+                              scene_in_cell_words)
 from minillava.stage0.vocab import _what_and_cell  # noqa: E402
 
 
@@ -50,7 +51,7 @@ def lookup(lm, tokenizer, rows) -> dict:
     """Teacher-forced colour choice and per-head attention on the asked cell (eager attention)."""
     template = get_template("vicuna_v1")
     colour_id = {c: tokenizer(" " + c, add_special_tokens=False)["input_ids"][0] for c in COLORS}
-    cell_ids = {tokenizer.convert_tokens_to_ids(cell_word(w, c, True)) for w, c in _what_and_cell(True)}
+    cell_ids = {tokenizer.convert_tokens_to_ids(word) for word in cell_words(True)}
     layers, heads = lm.config.num_hidden_layers, lm.config.num_attention_heads
     where = ("question", "answer")  # the question's shape word; the position that predicts the colour
     sums = {(w, m): torch.zeros(layers, heads) for w in where for m in ("on_cells", "on_objects", "on_asked")}

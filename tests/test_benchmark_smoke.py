@@ -13,12 +13,16 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(scope="module")
-def throughput():
+def _benchmark(name: str):
     # importable by name, so a spawned child (run_isolated) can find run_variant; spawn passes sys.path on
     if str(ROOT / "benchmarks") not in sys.path:
         sys.path.insert(0, str(ROOT / "benchmarks"))
-    return importlib.import_module("throughput")
+    return importlib.import_module(name)
+
+
+@pytest.fixture(scope="module")
+def throughput():
+    return _benchmark("throughput")
 
 
 def _positive(x) -> bool:
@@ -80,12 +84,6 @@ def test_batch_layout(throughput):
     assert bool((ids[:, 7:7 + model.num_image_tokens] == model.image_token_id).all())
     assert int((ids == model.image_token_id).sum()) == 3 * model.num_image_tokens
     assert int((labels != -100).sum(1)[0]) == throughput.ANSWER_LEN
-
-
-def _benchmark(name: str):
-    if str(ROOT / "benchmarks") not in sys.path:
-        sys.path.insert(0, str(ROOT / "benchmarks"))
-    return importlib.import_module(name)
 
 
 def test_stage0_lm_benchmark_times_both_variants_on_the_same_batches(tmp_path):

@@ -116,10 +116,8 @@ class InstructDataset:
         ``share_prefix``: also ``shared_prefix`` = P, the length of the leading tokens every row has in common
         (BOS + system prompt + ``USER:``), when that is worth running once (``model.llava.decode_rest``)."""
         batch = pad_right([self.items[i] for i in indices], self.pad_id)
-        if share_prefix:
-            prefix = shared_prefix_length(batch["input_ids"], batch["labels"], self.image_id)
-            if prefix >= MIN_SHARED_PREFIX and len(indices) > 1:
-                batch["shared_prefix"] = prefix
+        if share_prefix and (prefix := prefix_worth_sharing(batch["input_ids"], batch["labels"], self.image_id)):
+            batch["shared_prefix"] = prefix
         with_image = [self.image_index[self.image_of[i]] for i in indices if self.image_of[i]]
         if with_image:
             if self.features is None:
@@ -185,6 +183,12 @@ def shared_prefix_length(ids: torch.Tensor, labels: torch.Tensor, image_id: int)
     while prefix > 0 and (labels[:, :prefix + 1] != IGNORE_INDEX).any():
         prefix -= 1
     return prefix
+
+
+def prefix_worth_sharing(ids: torch.Tensor, labels: torch.Tensor, image_id: int) -> int:
+    """``shared_prefix_length`` where running it once pays (≥ 2 rows, ≥ ``MIN_SHARED_PREFIX`` tokens), else 0."""
+    prefix = shared_prefix_length(ids, labels, image_id) if ids.shape[0] > 1 else 0
+    return prefix if prefix >= MIN_SHARED_PREFIX else 0
 
 
 def left_pad(prompts: list[torch.Tensor], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

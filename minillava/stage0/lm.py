@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from transformers import LlamaForCausalLM
 
 from ..conversation import IMAGE_TOKEN, get_template, prompt_ids, tokenize_conversation
-from ..data.dataset import MIN_SHARED_PREFIX, left_pad, pad_right, shared_prefix_length
+from ..data.dataset import MIN_SHARED_PREFIX, left_pad, pad_right, prefix_worth_sharing
 from ..data.llava_json import make_sample
 from ..data.prompts import BRIEF_PROMPTS, DETAIL_PROMPTS
 from ..data.shapes import COLORS, SHAPES
@@ -93,10 +93,9 @@ def shared_prefix_loss(lm, items: list[dict], tokenizer) -> torch.Tensor:
     total, count = 0.0, 0
     for group in groups:
         padded = {k: v.to(lm.device) for k, v in pad_right(group, tokenizer.pad_token_id).items()}
-        prefix = shared_prefix_length(padded["input_ids"], padded["labels"], -1) if len(group) > 1 else 0
         embeds = lm.get_input_embeddings()(padded["input_ids"])  # (B, L, D)
         loss, n = answer_loss(lm, embeds, padded["labels"], padded["attention_mask"],
-                              shared_prefix=prefix if prefix >= MIN_SHARED_PREFIX else 0)
+                              shared_prefix=prefix_worth_sharing(padded["input_ids"], padded["labels"], -1))
         total, count = total + loss, count + n
     return total / max(count, 1)
 
