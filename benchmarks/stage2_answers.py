@@ -13,6 +13,10 @@ rule-teacher data, the shipped backbones, features from memory:
     packed          today's samples packed into rows of ≤ max_length (``pack_sequences=true``)
     joined_packed   joined samples, packed
     compiled_shared shared prefix with the LM decoder under ``torch.compile`` (``--compile``; slow first step)
+    template_bpe_shared  shared prefix, with a byte-level BPE of the same size trained on the stage-0 corpus plus
+                    the chat template once per scene (lever 3: the shipped BPE saw the system prompt once); the
+                    LM is a fresh one of the shipped shape and vocabulary layout (cell words added): the time of
+                    a step does not depend on what the weights have learned. Same scenes, same answers.
 
 Variants take turns step by step (round robin), so a change of machine load hits all of them alike. Reported per
 variant: mean ms per step (batches are grouped by length, so step times spread widely and the median
@@ -42,7 +46,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-VARIANTS = {  # name: (joined samples?, config overrides)
+VARIANTS = {  # name: (joined samples?, config overrides); TEMPLATE_BPE's variants also swap the tokenizer
     "today": (False, dict(share_prefix=False)),
     "shared_prefix": (False, dict(share_prefix=True)),
     "joined": (True, dict(share_prefix=False)),
@@ -50,7 +54,28 @@ VARIANTS = {  # name: (joined samples?, config overrides)
     "packed": (False, dict(share_prefix=False, pack_sequences=True)),
     "joined_packed": (True, dict(share_prefix=False, pack_sequences=True)),
     "compiled_shared": (False, dict(share_prefix=True, compile=True)),
+    "template_bpe_shared": (False, dict(share_prefix=True)),
 }
+TEMPLATE_BPE = {"template_bpe_shared"}
+BPE_SCENES = None  # scenes the swapped BPE is trained on (None: the recipe's; the smoke test takes fewer)
+
+
+def template_bpe_model(model):
+    """Swap ``model``'s chat LM for a fresh one of the same shape whose BPE was trained with the template weighted
+    as stage 0 would (``stage0.corpus(..., template_weight=1)``), cell words included as in the shipped LM."""
+    from transformers import LlamaForCausalLM
+
+    from minillava.conversation import IMAGE_TOKEN
+    from minillava.model.backbones import tiny_lm_config, train_tiny_tokenizer
+    from minillava.stage0 import Stage0Config, cell_words, corpus, recipe_scenes
+
+    cfg = Stage0Config(scenes=BPE_SCENES or Stage0Config.scenes)
+    scenes, _ = recipe_scenes(cfg)
+    tokenizer = train_tiny_tokenizer(corpus(scenes, template_weight=1), cfg.vocab_size)
+    tokenizer.add_tokens(cell_words(cfg.lm_cells_where))
+    model.lm = LlamaForCausalLM(tiny_lm_config(len(tokenizer), tokenizer))
+    model.tokenizer, model.image_token_id = tokenizer, tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+    return model
 JOIN_ORDER = ("conv", "complex", "detail")  # short key answers first; the full description last, so it cannot
 # hand the earlier questions their answers in text
 
@@ -105,7 +130,11 @@ def run(steps: int, warmup: int, batch: int, variants: list[str], out: Path, joi
 
     torch.manual_seed(0)
     probe, _ = build_model(load_config("tiny"))
-    data = datasets(probe.tokenizer, n_images=max(64, (steps + warmup) * batch // 3 + batch))
+    n_images = max(64, (steps + warmup) * batch // 3 + batch)
+    data = datasets(probe.tokenizer, n_images)
+    if TEMPLATE_BPE & set(variants):
+        bpe_probe = template_bpe_model(build_model(load_config("tiny"))[0])
+        data["template_bpe"] = datasets(bpe_probe.tokenizer, n_images)["separate"]
     runs = {}
     for name in variants:
         joined, overrides = VARIANTS[name]
@@ -113,8 +142,11 @@ def run(steps: int, warmup: int, batch: int, variants: list[str], out: Path, joi
         cfg = load_config("tiny", {**{k: str(v) for k, v in overrides.items()}, "stage2_batch": str(rows),
                                    "stage2_steps": str(steps + warmup)})
         model, _ = build_model(cfg)
+        if name in TEMPLATE_BPE:
+            model = template_bpe_model(model)
         trainer = prepare(model, cfg, 2, Path(tempfile.mkdtemp()))
-        runs[name] = dict(cfg=cfg, trainer=trainer, ds=data["joined" if joined else "separate"], rows=rows,
+        ds = data["template_bpe" if name in TEMPLATE_BPE else "joined" if joined else "separate"]
+        runs[name] = dict(cfg=cfg, trainer=trainer, ds=ds, rows=rows,
                           times=[], answers=0, tokens=0, turns=0, samples=0, first_s=None)
     for step in range(steps + warmup):  # round robin: each variant's k-th step runs beside the others' k-th
         for name, r in runs.items():

@@ -103,3 +103,19 @@ def test_lm_lookup_benchmark_reports_answers_attention_and_row_structure(tmp_pat
     for name, table in report["attention"].items():  # layer × head shares, each in [0, 1]
         assert len(table) == 4 and all(len(row) == 6 and all(0 <= v <= 1.001 for v in row) for row in table), name
     assert 0 < report["rows"]["r2_additive"] <= 1
+
+
+def test_stage2_answers_runs_each_lever_beside_today_and_the_template_bpe_writes_the_prompt_shorter(tmp_path,
+                                                                                                   monkeypatch):
+    bench = _benchmark("stage2_answers")
+    monkeypatch.setattr(bench, "BPE_SCENES", 200)
+    report = bench.main(["--steps", "1", "--warmup", "0", "--batch", "3",
+                         "--only", "today,shared_prefix,template_bpe_shared", "--out", str(tmp_path / "s2")])
+    results = report["results"]
+    assert set(results) == {"today", "shared_prefix", "template_bpe_shared"}
+    assert results["today"]["answer_tokens_ratio"] == 1.0
+    for r in results.values():
+        assert _positive(r["answer_tokens_per_s"]) and _positive(r["turns_per_s"]) and 0 < r["answer_share"] < 1
+    # same scenes and answers; the swapped BPE spends fewer tokens on the template, so answers are a larger share
+    assert results["template_bpe_shared"]["answer_share"] > results["shared_prefix"]["answer_share"]
+    assert (tmp_path / "s2.md").read_text().count("|") > 20

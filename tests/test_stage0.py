@@ -153,7 +153,7 @@ def test_a_config_that_leaves_a_later_addition_off_hashes_as_the_recipe_version_
     import hashlib
 
     def version1_hash(cfg):  # the hash before any of the additions existed: the fields of version 1 only
-        additions = ("lm_focus_", "lm_cells_", "lm_share_prefix")
+        additions = ("lm_focus_", "lm_cells_", "lm_share_prefix", "bpe_template_weight")
         fields = {k: v for k, v in dataclasses.asdict(cfg).items() if not k.startswith(additions)}
         return hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
     phase1 = Stage0Config(lm_focus_steps=0, lm_cells_steps=0, lm_focus_lr=1.0, lm_cells_where=True)
@@ -163,6 +163,25 @@ def test_a_config_that_leaves_a_later_addition_off_hashes_as_the_recipe_version_
     assert Stage0Config(lm_cells_color=True).hash() != Stage0Config().hash()
     assert Stage0Config(lm_share_prefix=True).recipe_version() == 6  # same loss, other rounding: a new version
     assert Stage0Config(lm_share_prefix=True).hash() != Stage0Config().hash()
+    assert Stage0Config(bpe_template_weight=1).recipe_version() == 7
+    assert Stage0Config(bpe_template_weight=1).hash() != Stage0Config().hash()
+
+
+def test_a_tokenizer_that_saw_the_template_once_per_scene_writes_it_in_fewer_tokens_and_the_rest_alike():
+    from minillava.conversation import VICUNA_SYSTEM
+    from minillava.model.backbones import train_tiny_tokenizer
+    from minillava.stage0 import corpus
+
+    scenes = generate_split(200, "train", seed=5)
+    assert len(corpus(scenes, template_weight=1)) == len(corpus(scenes)) + 2 * len(scenes)
+    # the recipe's vocabulary size: with fewer merges (400) all go to the teachers' words, template weighted or not
+    once, often = (train_tiny_tokenizer(corpus(scenes, k), vocab_size=600) for k in (0, 1))
+
+    def length(tok, text):
+        return len(tok(text, add_special_tokens=False)["input_ids"])
+    assert length(often, VICUNA_SYSTEM) < length(once, VICUNA_SYSTEM) / 2
+    answers = [scene[0].captions[0] for scene in scenes]  # what the teachers write costs about the same
+    assert sum(length(often, a) for a in answers) <= 1.1 * sum(length(once, a) for a in answers)
 
 
 @pytest.mark.skipif(not (TINY_DIR / "recipe.json").is_file(), reason="no shipped tiny backbones in this checkout")

@@ -23,13 +23,17 @@ import time
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-torch.set_num_threads(2)
+torch.set_num_threads(int(os.environ.get("THREADS", 2)))
 features = set(sys.argv[1].split(",")) if len(sys.argv) > 1 and sys.argv[1] != "-" else set()
 steps = int(sys.argv[2]) if len(sys.argv) > 2 else 1000
 lr = float(sys.argv[3]) if len(sys.argv) > 3 else 1e-3
 batch_size = int(os.environ.get("BATCH", 32))
 prefix_from = int(os.environ.get("PREFIX_FROM", 0))  # training samples carry S only from this step (eval always)
-torch.manual_seed(0)
+# objects per training scene (held-out scenes always have 1-4) and the model's shape
+n_min, n_max = (int(v) for v in os.environ.get("OBJECTS", "1-4").split("-"))
+width, heads, layers = (int(os.environ.get(k, d)) for k, d in (("WIDTH", 192), ("HEADS", 6), ("LAYERS", 4)))
+seed = int(os.environ.get("SEED", 0))
+torch.manual_seed(seed)
 SHAPES = ["circle", "square", "triangle", "star", "cross", "hexagon"]
 COLOURS = ["red", "green", "blue", "yellow", "purple", "orange"]
 SIZES = ["large", "small"]
@@ -57,9 +61,9 @@ for word in ["WHAT_COLOR", "ANS", "WHAT", "COLOR", "IS", "THE", "?", "END", "PAD
 PREFIX = [tid(f"sys{i % 40}") for i in range(70)]
 
 
-def sample(rng: random.Random, prefix: bool = True):
+def sample(rng: random.Random, prefix: bool = True, objects: tuple[int, int] = (1, 4)):
     """(prompt ids, answer ids, number of objects, index of the colour token in prompt + answer)."""
-    n = rng.randint(1, 4)
+    n = rng.randint(*objects)
     scene = {cell: (s, rng.choice(COLOURS), rng.choice(SIZES)) for cell, s in zip(rng.sample(range(9), n),
                                                                                     rng.sample(SHAPES, n))}
     shape, colour, _ = scene[rng.choice(list(scene))]
@@ -72,8 +76,8 @@ def sample(rng: random.Random, prefix: bool = True):
     return prompt, answer, n, len(prompt) + (3 if "A" in features else 0)
 
 
-config = LlamaConfig(vocab_size=len(VOCAB), hidden_size=192, intermediate_size=512, num_hidden_layers=4,
-                     num_attention_heads=6, num_key_value_heads=6, max_position_embeddings=128,
+config = LlamaConfig(vocab_size=len(VOCAB), hidden_size=width, intermediate_size=width * 8 // 3,
+                     num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads, max_position_embeddings=128,
                      tie_word_embeddings=False)
 model = LlamaForCausalLM(config)
 factor: dict = {}
@@ -99,7 +103,7 @@ with torch.no_grad():  # cell rows start as mean(what) + where/2, the question's
 
 
 def batch(rng: random.Random, prefix: bool):
-    rows = [sample(rng, prefix) for _ in range(batch_size)]
+    rows = [sample(rng, prefix, (n_min, n_max)) for _ in range(batch_size)]
     length = max(len(p) + len(a) for p, a, _, _ in rows)
     ids = torch.full((batch_size, length), tid("PAD"))
     labels = torch.full((batch_size, length), -100)
@@ -110,7 +114,7 @@ def batch(rng: random.Random, prefix: bool):
 
 
 optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0, betas=(0.9, 0.98))
-rng, test_rng = random.Random(1), random.Random(99)
+rng, test_rng = random.Random(1 + seed), random.Random(99)
 test = [sample(test_rng) for _ in range(600)]
 start = time.time()
 for step in range(1, steps + 1):

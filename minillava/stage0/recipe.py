@@ -61,6 +61,8 @@ class Stage0Config:
     lm_cells_color: bool = False        # its focus dialogues also drill "What color is the {shape}?"
     # every chat-LM phase runs the batch's common system prompt once (same loss, fewer FLOPs; new rounding)
     lm_share_prefix: bool = False
+    # the tokenizer's corpus holds the chat template this many times per scene (``corpus``); 0: once in all
+    bpe_template_weight: int = 0
 
     def recipe_version(self) -> int:
         """The latest recipe version this config uses (1: the tower and chat-LM phase 1 only)."""
@@ -90,13 +92,19 @@ RECIPE_VERSIONS = {
     4: ("lm_cells_where", False, "lm_cells_where"),  # cell words that name their cell
     5: ("lm_cells_color", False, "lm_cells_color"),  # colour questions in the phase-3 focus dialogues
     6: ("lm_share_prefix", False, "lm_share_prefix"),  # the chat LM's system prompt computed once per batch
+    7: ("bpe_template_weight", 0, "bpe_template_weight"),  # a tokenizer that has seen the template often
 }
 
 
-def corpus(scenes) -> list[str]:
+def corpus(scenes, template_weight: int = 0) -> list[str]:
     """The byte-level BPE tokenizer's training text: the chat template's words, the prompts, and every caption,
-    description and question–answer pair the teachers write about ``scenes``."""
-    texts = [VICUNA_SYSTEM, *BRIEF_PROMPTS, *DETAIL_PROMPTS, "Scene:", "USER: ASSISTANT:"]
+    description and question–answer pair the teachers write about ``scenes``.
+
+    BPE merges what is frequent. With ``template_weight = k`` the template (system prompt, ``USER:``,
+    ``ASSISTANT:``) is in the text ``1 + k × len(scenes)`` times, about as often as the LM will read it, not once;
+    the shipped BPE (k = 0) writes the 30-word system prompt in 67 tokens."""
+    template = [VICUNA_SYSTEM, "USER: ASSISTANT:"]
+    texts = [*template, *BRIEF_PROMPTS, *DETAIL_PROMPTS, "Scene:"] + template * (template_weight * len(scenes))
     for record, _, _ in scenes:
         texts += record.captions + [describe_scene(record)]
         rng = random.Random(record.image_id)
@@ -118,7 +126,7 @@ def run_stage0(out_dir: str | Path, cfg: Stage0Config | None = None, log=print) 
     out_dir = Path(out_dir)
     start = time.perf_counter()
     scenes, held_out = recipe_scenes(cfg)
-    tokenizer = train_tiny_tokenizer(corpus(scenes), cfg.vocab_size)
+    tokenizer = train_tiny_tokenizer(corpus(scenes, cfg.bpe_template_weight), cfg.vocab_size)
     seconds = {"scenes_and_tokenizer": time.perf_counter() - start}
 
     t = time.perf_counter()
