@@ -4,7 +4,8 @@ In one-object scenes "name a colour present" is always right, and with 1–4 obj
 0.60 of the time; ``lookup_ladder.py`` solves the toy lookup with the question in words when training scenes hold
 3–6 objects and stalls with 1–4. This runs phase 3 exactly as ``stage0.vocab.cell_words_chat_lm`` does (same mix,
 colour drill included, shared prefix), from the LM before phase 3 (``FOCUS_DIR``: e.g. ``git archive 72917db
-minillava/assets/tiny``), on training scenes of LO–HI objects (made by ``generate_split(max_objects=HI)``, the rest
+minillava/assets/tiny``; or an LM directory that has its cell words already, e.g. one drilled by
+``colour_drill.py``), on training scenes of LO–HI objects (made by ``generate_split(max_objects=HI)``, the rest
 dropped). Text-only QA on the recipe's held-out scenes (1–4 objects, 600 questions) every 250 steps.
 
     python benchmarks/experiments/cells_objects.py FOCUS_DIR 3-6 2000 OUT
@@ -12,6 +13,7 @@ dropped). Text-only QA on the recipe's held-out scenes (1–4 objects, 600 quest
 import dataclasses
 import functools
 import json
+import os
 import random
 import sys
 import time
@@ -20,7 +22,8 @@ import torch
 from transformers import AutoTokenizer, LlamaForCausalLM
 
 from minillava.data.shapes import generate_split
-from minillava.stage0 import Stage0Config, fit_lm, in_cell_words, recipe_scenes, text_qa_accuracy, FOCUS_KINDS
+from minillava.stage0 import (FOCUS_KINDS, Stage0Config, cell_words, fit_lm, in_cell_words, recipe_scenes,
+                              text_qa_accuracy)
 from minillava.stage0.vocab import add_cell_words, cell_words_sample
 
 torch.set_num_threads(2)
@@ -32,10 +35,12 @@ train = [s for s in generate_split(cfg.scenes * 2, "train", seed=10_000 + cfg.se
                                    max_objects=hi) if lo <= len(s[1])][:cfg.scenes]
 print(json.dumps({"scenes": len(train), "objects": objects,
                   "mean_objects": round(sum(len(s[1]) for s in train) / len(train), 2)}), flush=True)
-tokenizer = AutoTokenizer.from_pretrained(f"{focus_dir}/lm")
-lm = LlamaForCausalLM.from_pretrained(f"{focus_dir}/lm", dtype=torch.float32)
+lm_dir = f"{focus_dir}/lm" if os.path.isdir(f"{focus_dir}/lm") else focus_dir  # a recipe directory, or an LM's
+tokenizer = AutoTokenizer.from_pretrained(lm_dir)
+lm = LlamaForCausalLM.from_pretrained(lm_dir, dtype=torch.float32)
 torch.manual_seed(cfg.seed + 3)
-add_cell_words(lm, tokenizer, where=True)
+if tokenizer.convert_tokens_to_ids(cell_words(True)[0]) == tokenizer.unk_token_id:  # else keep the trained rows
+    add_cell_words(lm, tokenizer, where=True)
 words = functools.partial(in_cell_words, where=True)
 start = time.time()
 

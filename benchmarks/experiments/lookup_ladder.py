@@ -13,6 +13,12 @@ shapes; AdamW 1e-3, betas (0.9, 0.98), clipping 1.0, as ``stage0.fit_lm``. Featu
     BATCH=64 PREFIX_FROM=700 python benchmarks/experiments/lookup_ladder.py S 1200   # S only from step 700 on
                                                                    # (a curriculum: the lookup first, then the prompt)
 
+Other knobs (environment): PREFIX_LEN (S's length, default 70), OBJECTS=3-6 (objects per *training* scene;
+held-out scenes keep 1–4), SEED (the model's initialisation and the training scenes), WIDTH / HEADS / LAYERS (the
+model's shape), THREADS (default 2).
+
+    BATCH=64 OBJECTS=3-6 python benchmarks/experiments/lookup_ladder.py Q 1500     # busier training scenes
+
 Prints held-out accuracy (600 scenes; "multi": scenes of 2–4 objects) every 100 steps; stops at 0.99.
 """
 import os
@@ -58,7 +64,7 @@ for z in SIZES:
 for word in ["WHAT_COLOR", "ANS", "WHAT", "COLOR", "IS", "THE", "?", "END", "PAD", "SIZE", "OR", "LARGE_Q"] + \
         [f"sys{i}" for i in range(40)]:  # three words unused here (a size question was tried too)
     tid(word)
-PREFIX = [tid(f"sys{i % 40}") for i in range(70)]
+PREFIX = [tid(f"sys{i % 40}") for i in range(int(os.environ.get("PREFIX_LEN", 70)))]
 
 
 def sample(rng: random.Random, prefix: bool = True, objects: tuple[int, int] = (1, 4)):

@@ -1,0 +1,105 @@
+"""The toy's solved setting on the real chat LM: one dense colour drill, busy scenes, optionally without the prompt.
+
+``lookup_ladder.py`` leaves its plateau soonest when every answer is a colour lookup (batch 64), the training scenes
+hold 3–6 objects, and the 70-token prefix comes only after the lookup is learned. Here the same on the real chat LM
+(from ``LM_DIR``, cell words added if it has none; ``fresh``: an untrained LM of the shipped shape and vocabulary,
+its cell-word rows set as ``add_cell_words`` sets them): each dialogue asks "What color is the {shape}?" about
+every object of a scene in cell words whose shape is unique there (the teacher's questions and answers), the
+training scenes made by ``generate_split(max_objects=6)`` and kept from OBJECTS' lower end; with NO_PROMPT=1 the
+Vicuna template's system prompt is empty; TURNS=1 keeps one question per dialogue (with all of them, the last answer
+can be had by elimination: the one colour not yet named). Every 100 steps: teacher-forced accuracy on 300 held-out
+multi-object colour questions (the recipe's val scenes, 1–4 objects), with the full template and with the empty
+system prompt.
+
+    TURNS=1 OBJECTS=3-6 NO_PROMPT=1 python benchmarks/experiments/colour_drill.py LM_DIR STEPS BATCH LR [OUT]
+"""
+import collections
+import dataclasses
+import json
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+import torch
+from transformers import AutoTokenizer, LlamaForCausalLM
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from lm_lookup import colour_questions  # noqa: E402
+from minillava.conversation import get_template, prompt_ids  # noqa: E402
+from minillava.data.llava_json import make_sample  # noqa: E402
+from minillava.data.shapes import COLORS, generate_split  # noqa: E402
+from minillava.model.backbones import backbone_path, tiny_lm_config  # noqa: E402
+from minillava.stage0 import Stage0Config, cell_words, fit_lm, recipe_scenes, scene_in_cell_words  # noqa: E402
+from minillava.stage0.vocab import add_cell_words  # noqa: E402
+
+torch.set_num_threads(int(os.environ.get("THREADS", 2)))
+lm_dir, steps, batch, lr = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+out = sys.argv[5] if len(sys.argv) > 5 else None
+lo, hi = (int(v) for v in os.environ.get("OBJECTS", "3-6").split("-"))
+full = get_template("vicuna_v1")
+empty = dataclasses.replace(full, system="")
+train_template = empty if os.environ.get("NO_PROMPT") == "1" else full
+cfg = Stage0Config()
+_, held_out = recipe_scenes(cfg)
+train = [s for s in generate_split(cfg.scenes * 2, "train", seed=10_000 + cfg.seed, size_px=cfg.image_size,
+                                   max_objects=hi) if lo <= len(s[1])][:cfg.scenes]
+torch.manual_seed(0)
+if lm_dir == "fresh":  # an untrained LM of the shipped shape and vocabulary, cell rows from their words' rows
+    tokenizer = AutoTokenizer.from_pretrained(backbone_path("tiny", "lm"))
+    lm = LlamaForCausalLM(tiny_lm_config(len(tokenizer), tokenizer))
+    add_cell_words(lm, tokenizer, where=True)  # the words are there already: this only sets their rows
+else:
+    tokenizer = AutoTokenizer.from_pretrained(lm_dir)
+    lm = LlamaForCausalLM.from_pretrained(lm_dir, dtype=torch.float32)
+    if tokenizer.convert_tokens_to_ids(cell_words(True)[0]) == tokenizer.unk_token_id:
+        add_cell_words(lm, tokenizer, where=True)
+test = colour_questions(held_out, int(os.environ.get("TEST", 300)))
+colour_id = {c: tokenizer(" " + c, add_special_tokens=False)["input_ids"][0] for c in COLORS}
+
+
+def drill(rng: random.Random) -> dict:
+    """All of a scene's unique-shape colour questions, shuffled, in one dialogue."""
+    _, layout, _ = rng.choice(train)
+    shapes = collections.Counter(o.shape for o in layout)
+    turns = [(f"What color is the {o.shape}?", f"The {o.shape} is {o.color}.") for o in layout if shapes[o.shape] == 1]
+    rng.shuffle(turns)
+    turns = turns[:int(os.environ.get("TURNS", 9))]  # TURNS=1: one question per dialogue, as the toy asks
+    sample = make_sample("drill", "x.png", turns or [("What color is the image?", "It has no single colour.")])
+    sample["conversations"][0]["value"] = sample["conversations"][0]["value"].replace(
+        "<image>", scene_in_cell_words(layout, True))
+    return {**sample, "template": train_template}
+
+
+@torch.no_grad()
+def accuracy(template) -> float:
+    lm.eval()
+    right = 0
+    for layout, asked in test:
+        question = f"{scene_in_cell_words(layout, True)}\nWhat color is the {asked.shape}?"
+        ids = prompt_ids(question, tokenizer, template, image_tokens=1).tolist() + \
+            tokenizer(f" The {asked.shape} is", add_special_tokens=False)["input_ids"]
+        logits = lm(input_ids=torch.tensor([ids])).logits[0, -1]
+        right += max(COLORS, key=lambda c: logits[colour_id[c]].item()) == asked.color
+    lm.train()
+    return round(right / len(test), 3)
+
+
+start = time.time()
+
+
+def report(step: int, loss: float) -> None:
+    if (step + 1) % 100 == 0 or step == 0:
+        print(json.dumps({"step": step + 1, "s": round(time.time() - start), "loss": round(loss, 4),
+                          "multi_full": accuracy(full), "multi_no_prompt": accuracy(empty)}), flush=True)
+
+
+print(json.dumps({"lm": lm_dir, "objects": f"{lo}-{hi}", "no_prompt": train_template is empty, "batch": batch,
+                  "turns": int(os.environ.get("TURNS", 9)),
+                  "lr": lr, "test": len(test)}), flush=True)
+fit_lm(lm, tokenizer, drill, random.Random(5), steps=steps, batch=batch, lr=lr, warmup=0.05, max_length=256,
+       desc="drill", report=report, share_prefix=True)
+if out:
+    lm.save_pretrained(out)
+    tokenizer.save_pretrained(out)
