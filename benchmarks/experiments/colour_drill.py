@@ -9,7 +9,8 @@ training scenes made by ``generate_split(max_objects=6)`` and kept from OBJECTS'
 Vicuna template's system prompt is empty; TURNS=1 keeps one question per dialogue (with all of them, the last answer
 can be had by elimination: the one colour not yet named). Every 100 steps: teacher-forced accuracy on 300 held-out
 multi-object colour questions (the recipe's val scenes, 1–4 objects), with the full template and with the empty
-system prompt.
+system prompt. KIND=relation (or position): one question of that teacher kind per dialogue instead, scored by
+greedy answers on 300 held-out questions of the kind (exact match, as ``text_qa_accuracy`` scores).
 
     TURNS=1 OBJECTS=3-6 NO_PROMPT=1 python benchmarks/experiments/colour_drill.py LM_DIR STEPS BATCH LR [OUT]
 """
@@ -30,6 +31,7 @@ from lm_lookup import colour_questions  # noqa: E402
 from minillava.conversation import get_template, prompt_ids  # noqa: E402
 from minillava.data.llava_json import make_sample  # noqa: E402
 from minillava.data.shapes import COLORS, generate_split  # noqa: E402
+from minillava.data.teachers import answer_is_correct, scene_questions  # noqa: E402
 from minillava.model.backbones import backbone_path, tiny_lm_config  # noqa: E402
 from minillava.stage0 import Stage0Config, cell_words, fit_lm, recipe_scenes, scene_in_cell_words  # noqa: E402
 from minillava.stage0.vocab import add_cell_words  # noqa: E402
@@ -55,17 +57,28 @@ else:
     lm = LlamaForCausalLM.from_pretrained(lm_dir, dtype=torch.float32)
     if tokenizer.convert_tokens_to_ids(cell_words(True)[0]) == tokenizer.unk_token_id:
         add_cell_words(lm, tokenizer, where=True)
-test = colour_questions(held_out, int(os.environ.get("TEST", 300)))
+KIND = os.environ.get("KIND", "color")
+if KIND == "color":
+    test = colour_questions(held_out, int(os.environ.get("TEST", 300)))
+else:  # (layout, QA): the teacher's question of that kind about each held-out scene that has one
+    test = [(layout, q) for record, layout, _ in held_out
+            for q in scene_questions(record, random.Random(record.image_id)) if q.kind == KIND]
+    test = test[:int(os.environ.get("TEST", 300))]
 colour_id = {c: tokenizer(" " + c, add_special_tokens=False)["input_ids"][0] for c in COLORS}
 
 
 def drill(rng: random.Random) -> dict:
-    """All of a scene's unique-shape colour questions, shuffled, in one dialogue."""
-    _, layout, _ = rng.choice(train)
-    shapes = collections.Counter(o.shape for o in layout)
-    turns = [(f"What color is the {o.shape}?", f"The {o.shape} is {o.color}.") for o in layout if shapes[o.shape] == 1]
-    rng.shuffle(turns)
-    turns = turns[:int(os.environ.get("TURNS", 9))]  # TURNS=1: one question per dialogue, as the toy asks
+    """KIND=color: a scene's unique-shape colour questions, shuffled, in one dialogue (TURNS of them); another
+    teacher kind (``relation``, ``position``): one question of that kind from ``scene_questions``."""
+    record, layout, _ = rng.choice(train)
+    if KIND == "color":
+        shapes = collections.Counter(o.shape for o in layout)
+        turns = [(f"What color is the {o.shape}?", f"The {o.shape} is {o.color}.") for o in layout
+                 if shapes[o.shape] == 1]
+        rng.shuffle(turns)
+        turns = turns[:int(os.environ.get("TURNS", 9))]  # TURNS=1: one question per dialogue, as the toy asks
+    else:
+        turns = [(q.question, q.answer) for q in scene_questions(record, rng) if q.kind == KIND][:1]
     sample = make_sample("drill", "x.png", turns or [("What color is the image?", "It has no single colour.")])
     sample["conversations"][0]["value"] = sample["conversations"][0]["value"].replace(
         "<image>", scene_in_cell_words(layout, True))
@@ -74,28 +87,38 @@ def drill(rng: random.Random) -> dict:
 
 @torch.no_grad()
 def accuracy(template) -> float:
+    """KIND=color: teacher-forced colour choice on multi-object scenes; another kind: greedy answers, exact match."""
     lm.eval()
     right = 0
     for layout, asked in test:
-        question = f"{scene_in_cell_words(layout, True)}\nWhat color is the {asked.shape}?"
-        ids = prompt_ids(question, tokenizer, template, image_tokens=1).tolist() + \
-            tokenizer(f" The {asked.shape} is", add_special_tokens=False)["input_ids"]
-        logits = lm(input_ids=torch.tensor([ids])).logits[0, -1]
-        right += max(COLORS, key=lambda c: logits[colour_id[c]].item()) == asked.color
+        if KIND == "color":
+            question = f"{scene_in_cell_words(layout, True)}\nWhat color is the {asked.shape}?"
+            ids = prompt_ids(question, tokenizer, template, image_tokens=1).tolist() + \
+                tokenizer(f" The {asked.shape} is", add_special_tokens=False)["input_ids"]
+            logits = lm(input_ids=torch.tensor([ids])).logits[0, -1]
+            right += max(COLORS, key=lambda c: logits[colour_id[c]].item()) == asked.color
+        else:
+            ids = prompt_ids(f"{scene_in_cell_words(layout, True)}\n{asked.question}", tokenizer, template,
+                             image_tokens=1)
+            out = lm.generate(input_ids=ids[None], max_new_tokens=24, do_sample=False,
+                              eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+            right += answer_is_correct(asked, tokenizer.decode(out[0, len(ids):], skip_special_tokens=True))
     lm.train()
     return round(right / len(test), 3)
 
 
 start = time.time()
+label = "multi" if KIND == "color" else KIND  # colour is scored on multi-object scenes only
 
 
 def report(step: int, loss: float) -> None:
-    if (step + 1) % 100 == 0 or step == 0:
+    if (step + 1) % int(os.environ.get("EVAL_EVERY", 100)) == 0 or step == 0:
         print(json.dumps({"step": step + 1, "s": round(time.time() - start), "loss": round(loss, 4),
-                          "multi_full": accuracy(full), "multi_no_prompt": accuracy(empty)}), flush=True)
+                          f"{label}_full": accuracy(full), f"{label}_no_prompt": accuracy(empty)}), flush=True)
 
 
-print(json.dumps({"lm": lm_dir, "objects": f"{lo}-{hi}", "no_prompt": train_template is empty, "batch": batch,
+print(json.dumps({"lm": lm_dir, "kind": KIND, "objects": f"{lo}-{hi}", "no_prompt": train_template is empty,
+                  "batch": batch,
                   "turns": int(os.environ.get("TURNS", 9)),
                   "lr": lr, "test": len(test)}), flush=True)
 fit_lm(lm, tokenizer, drill, random.Random(5), steps=steps, batch=batch, lr=lr, warmup=0.05, max_length=256,
