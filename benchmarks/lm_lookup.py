@@ -46,6 +46,31 @@ def colour_questions(held_out, limit: int) -> list:
     return rows[:limit]
 
 
+def forced_ids(tokenizer, layout, asked, template) -> list[int]:
+    """"What color is the {shape}?" about ``asked`` in the scene's cell words, teacher-forced to `` The {shape} is``:
+    the next token names the colour."""
+    prompt = prompt_ids(f"{scene_in_cell_words(layout, True)}\nWhat color is the {asked.shape}?", tokenizer,
+                        template, image_tokens=1).tolist()
+    return prompt + tokenizer(f" The {asked.shape} is", add_special_tokens=False)["input_ids"]
+
+
+def colour_named(logits: torch.Tensor, colour_id: dict) -> str:
+    """The colour whose word the LM ranks first among the six, from its next-token ``logits``."""
+    return max(COLORS, key=lambda c: logits[colour_id[c]].item())
+
+
+@torch.no_grad()
+def colour_accuracy(lm, tokenizer, rows, template) -> float:
+    """Share of ``rows`` (``colour_questions``) where the LM names the asked object's colour, teacher-forced."""
+    colour_id = {c: tokenizer(" " + c, add_special_tokens=False)["input_ids"][0] for c in COLORS}
+    was_training = lm.training
+    lm.eval()
+    right = sum(colour_named(lm(input_ids=torch.tensor([forced_ids(tokenizer, layout, asked, template)])).logits[0, -1],
+                             colour_id) == asked.color for layout, asked in rows)
+    lm.train(was_training)
+    return round(right / len(rows), 3)
+
+
 @torch.no_grad()
 def lookup(lm, tokenizer, rows) -> dict:
     """Teacher-forced colour choice and per-head attention on the asked cell (eager attention)."""
@@ -58,13 +83,10 @@ def lookup(lm, tokenizer, rows) -> dict:
     outcome = collections.Counter()
     by_objects = collections.defaultdict(collections.Counter)
     for layout, asked in rows:
-        prompt = prompt_ids(f"{scene_in_cell_words(layout, True)}\nWhat color is the {asked.shape}?", tokenizer,
-                            template, image_tokens=1).tolist()
+        ids = forced_ids(tokenizer, layout, asked, template)
         shape_id = tokenizer(f" {asked.shape}", add_special_tokens=False)["input_ids"][0]
-        ids = prompt + tokenizer(f" The {asked.shape} is", add_special_tokens=False)["input_ids"]
         out = lm(input_ids=torch.tensor([ids]), output_attentions=True)
-        logits = out.logits[0, -1]
-        named = max(COLORS, key=lambda c: logits[colour_id[c]].item())
+        named = colour_named(out.logits[0, -1], colour_id)
         kind = "right" if named == asked.color else \
             "another object's" if named in {o.color for o in layout} else "absent from the scene"
         outcome[kind] += 1
@@ -72,7 +94,7 @@ def lookup(lm, tokenizer, rows) -> dict:
         cells = [i for i, t in enumerate(ids) if t in cell_ids]  # the nine cell words, row-major
         assert len(cells) == 9, f"expected 9 cell words, found {len(cells)}"
         occupied = [cells[o.cell] for o in layout]
-        positions = {"question": prompt.index(shape_id, cells[-1]), "answer": len(ids) - 1}
+        positions = {"question": ids.index(shape_id, cells[-1]), "answer": len(ids) - 1}  # the question's
         for layer, attention in enumerate(out.attentions):  # (1, H, T, T)
             for w, position in positions.items():
                 row = attention[0, :, position]  # (H, T): what this position attends to, per head

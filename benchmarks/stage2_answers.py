@@ -60,22 +60,31 @@ TEMPLATE_BPE = {"template_bpe_shared"}
 BPE_SCENES = None  # scenes the swapped BPE is trained on (None: the recipe's; the smoke test takes fewer)
 
 
-def template_bpe_model(model):
-    """Swap ``model``'s chat LM for a fresh one of the same shape whose BPE was trained with the template weighted
-    as stage 0 would (``stage0.corpus(..., template_weight=1)``), cell words included as in the shipped LM."""
-    from transformers import LlamaForCausalLM
-
-    from minillava.conversation import IMAGE_TOKEN
-    from minillava.model.backbones import tiny_lm_config, train_tiny_tokenizer
+def template_bpe_tokenizer():
+    """A byte-level BPE of the recipe's size trained as stage 0 would with ``bpe_template_weight=1``
+    (``stage0.corpus(..., template_weight=1)``), cell words added as in the shipped LM's tokenizer."""
+    from minillava.model.backbones import train_tiny_tokenizer
     from minillava.stage0 import Stage0Config, cell_words, corpus, recipe_scenes
 
     cfg = Stage0Config(scenes=BPE_SCENES or Stage0Config.scenes)
     scenes, _ = recipe_scenes(cfg)
     tokenizer = train_tiny_tokenizer(corpus(scenes, template_weight=1), cfg.vocab_size)
     tokenizer.add_tokens(cell_words(cfg.lm_cells_where))
+    return tokenizer
+
+
+def with_fresh_lm(model, tokenizer):
+    """``model`` with its chat LM swapped for a fresh one of the shipped shape on ``tokenizer``'s vocabulary."""
+    from transformers import LlamaForCausalLM
+
+    from minillava.conversation import IMAGE_TOKEN
+    from minillava.model.backbones import tiny_lm_config
+
     model.lm = LlamaForCausalLM(tiny_lm_config(len(tokenizer), tokenizer))
     model.tokenizer, model.image_token_id = tokenizer, tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
     return model
+
+
 JOIN_ORDER = ("conv", "complex", "detail")  # short key answers first; the full description last, so it cannot
 # hand the earlier questions their answers in text
 
@@ -132,9 +141,9 @@ def run(steps: int, warmup: int, batch: int, variants: list[str], out: Path, joi
     probe, _ = build_model(load_config("tiny"))
     n_images = max(64, (steps + warmup) * batch // 3 + batch)
     data = datasets(probe.tokenizer, n_images)
-    if TEMPLATE_BPE & set(variants):
-        bpe_probe = template_bpe_model(build_model(load_config("tiny"))[0])
-        data["template_bpe"] = datasets(bpe_probe.tokenizer, n_images)["separate"]
+    bpe = template_bpe_tokenizer() if TEMPLATE_BPE & set(variants) else None  # trained once, for every such variant
+    if bpe is not None:
+        data["template_bpe"] = datasets(bpe, n_images)["separate"]
     runs = {}
     for name in variants:
         joined, overrides = VARIANTS[name]
@@ -143,7 +152,7 @@ def run(steps: int, warmup: int, batch: int, variants: list[str], out: Path, joi
                                    "stage2_steps": str(steps + warmup)})
         model, _ = build_model(cfg)
         if name in TEMPLATE_BPE:
-            model = template_bpe_model(model)
+            model = with_fresh_lm(model, bpe)
         trainer = prepare(model, cfg, 2, Path(tempfile.mkdtemp()))
         ds = data["template_bpe" if name in TEMPLATE_BPE else "joined" if joined else "separate"]
         runs[name] = dict(cfg=cfg, trainer=trainer, ds=ds, rows=rows,

@@ -27,10 +27,10 @@ import torch
 from transformers import AutoTokenizer, LlamaForCausalLM
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from lm_lookup import colour_questions  # noqa: E402
+from lm_lookup import colour_accuracy, colour_questions  # noqa: E402
 from minillava.conversation import get_template, prompt_ids  # noqa: E402
 from minillava.data.llava_json import make_sample  # noqa: E402
-from minillava.data.shapes import COLORS, generate_split  # noqa: E402
+from minillava.data.shapes import generate_split  # noqa: E402
 from minillava.data.teachers import answer_is_correct, scene_questions  # noqa: E402
 from minillava.model.backbones import backbone_path, tiny_lm_config  # noqa: E402
 from minillava.stage0 import Stage0Config, cell_words, fit_lm, recipe_scenes, scene_in_cell_words  # noqa: E402
@@ -64,7 +64,6 @@ else:  # (layout, QA): the teacher's question of that kind about each held-out s
     test = [(layout, q) for record, layout, _ in held_out
             for q in scene_questions(record, random.Random(record.image_id)) if q.kind == KIND]
     test = test[:int(os.environ.get("TEST", 300))]
-colour_id = {c: tokenizer(" " + c, add_special_tokens=False)["input_ids"][0] for c in COLORS}
 
 
 def drill(rng: random.Random) -> dict:
@@ -88,21 +87,15 @@ def drill(rng: random.Random) -> dict:
 @torch.no_grad()
 def accuracy(template) -> float:
     """KIND=color: teacher-forced colour choice on multi-object scenes; another kind: greedy answers, exact match."""
+    if KIND == "color":
+        return colour_accuracy(lm, tokenizer, test, template)
     lm.eval()
     right = 0
     for layout, asked in test:
-        if KIND == "color":
-            question = f"{scene_in_cell_words(layout, True)}\nWhat color is the {asked.shape}?"
-            ids = prompt_ids(question, tokenizer, template, image_tokens=1).tolist() + \
-                tokenizer(f" The {asked.shape} is", add_special_tokens=False)["input_ids"]
-            logits = lm(input_ids=torch.tensor([ids])).logits[0, -1]
-            right += max(COLORS, key=lambda c: logits[colour_id[c]].item()) == asked.color
-        else:
-            ids = prompt_ids(f"{scene_in_cell_words(layout, True)}\n{asked.question}", tokenizer, template,
-                             image_tokens=1)
-            out = lm.generate(input_ids=ids[None], max_new_tokens=24, do_sample=False,
-                              eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-            right += answer_is_correct(asked, tokenizer.decode(out[0, len(ids):], skip_special_tokens=True))
+        ids = prompt_ids(f"{scene_in_cell_words(layout, True)}\n{asked.question}", tokenizer, template, image_tokens=1)
+        out = lm.generate(input_ids=ids[None], max_new_tokens=24, do_sample=False,
+                          eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+        right += answer_is_correct(asked, tokenizer.decode(out[0, len(ids):], skip_special_tokens=True))
     lm.train()
     return round(right / len(test), 3)
 

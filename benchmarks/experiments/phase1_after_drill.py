@@ -15,10 +15,9 @@ import torch
 from transformers import AutoTokenizer, LlamaForCausalLM
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from lm_lookup import colour_questions  # noqa: E402
-from minillava.conversation import get_template, prompt_ids  # noqa: E402
-from minillava.data.shapes import COLORS  # noqa: E402
-from minillava.stage0 import Stage0Config, fit_lm, recipe_scenes, scene_in_cell_words, text_qa_accuracy  # noqa: E402
+from lm_lookup import colour_accuracy, colour_questions  # noqa: E402
+from minillava.conversation import get_template  # noqa: E402
+from minillava.stage0 import Stage0Config, fit_lm, recipe_scenes, text_qa_accuracy  # noqa: E402
 from minillava.stage0.lm import text_sample  # noqa: E402
 
 torch.set_num_threads(2)
@@ -28,22 +27,7 @@ scenes, held_out = recipe_scenes(cfg)
 tokenizer = AutoTokenizer.from_pretrained(lm_dir)
 lm = LlamaForCausalLM.from_pretrained(lm_dir, dtype=torch.float32)
 test = colour_questions(held_out, 300)
-colour_id = {c: tokenizer(" " + c, add_special_tokens=False)["input_ids"][0] for c in COLORS}
 template = get_template("vicuna_v1")
-
-
-@torch.no_grad()
-def lookup() -> float:
-    lm.eval()
-    right = 0
-    for layout, asked in test:
-        ids = prompt_ids(f"{scene_in_cell_words(layout, True)}\nWhat color is the {asked.shape}?", tokenizer,
-                         template, image_tokens=1).tolist() + \
-            tokenizer(f" The {asked.shape} is", add_special_tokens=False)["input_ids"]
-        logits = lm(input_ids=torch.tensor([ids])).logits[0, -1]
-        right += max(COLORS, key=lambda c: logits[colour_id[c]].item()) == asked.color
-    lm.train()
-    return round(right / len(test), 3)
 
 
 start = time.time()
@@ -53,7 +37,7 @@ def report(step: int, loss: float) -> None:
     if step == 0 or (step + 1) % 200 == 0:
         qa = text_qa_accuracy(lm, tokenizer, held_out, 600)
         print(json.dumps({"step": step + 1, "s": round(time.time() - start), "loss": round(loss, 4),
-                          "cells_multi_colour": lookup(),
+                          "cells_multi_colour": colour_accuracy(lm, tokenizer, test, template),
                           "sentence_qa": {k: v["accuracy"] for k, v in qa.items()}}), flush=True)
 
 
