@@ -3,6 +3,7 @@
 import dataclasses
 import functools
 import json
+import random
 
 import pytest
 import torch
@@ -62,6 +63,28 @@ def test_later_lm_phases_run_and_adding_them_one_by_one_equals_a_run_from_scratc
     lm, tokenizer = load_lm(str(tmp_path / "steps" / "lm"))
     assert lm.get_input_embeddings().weight.shape[0] == len(tokenizer)
     assert tokenizer.convert_tokens_to_ids(cell_words(cfg.lm_cells_where)[-1]) != tokenizer.unk_token_id
+
+
+def test_the_lookup_drill_comes_first_asks_one_colour_on_busy_scenes_and_stays_in_the_cell_word_mix(tmp_path):
+    from minillava.stage0 import drill_sample, drill_scenes
+    from minillava.stage0.drill import NO_PROMPT
+
+    cfg = Stage0Config(scenes=200, clip_steps=2, clip_batch=8, lm_steps=0, lm_focus_steps=0, lm_cells_steps=2,
+                       lm_cells_batch=4, lm_drill_steps=2, lm_drill_batch=4, lm_drill_in_cells=0.5)
+    layouts = [layout for _, layout, _ in drill_scenes(cfg)]
+    assert len(layouts) == cfg.scenes and all(3 <= len(layout) <= 6 for layout in layouts)
+    sample = drill_sample(layouts[0], random.Random(0))
+    assert sample["template"] is NO_PROMPT and len(sample["conversations"]) == 2
+    question, answer = (turn["value"] for turn in sample["conversations"])
+    shape = question.split()[-1].rstrip("?")
+    asked = next(o for o in layouts[0] if o.shape == shape)
+    assert question.startswith(scene_in_cell_words(layouts[0], where=True)) and answer == f"The {shape} is {asked.color}."
+    recipe = run_stage0(tmp_path, cfg, log=lambda s: None)  # no phase 1: the drill makes the LM, phase 3 follows
+    assert recipe["seconds"]["lm_drill"] > 0 and "lm" not in recipe["seconds"] and 0 <= recipe["colour_lookup"] <= 1
+    assert cfg.recipe_version() == 8 and cfg.hash() != dataclasses.replace(cfg, lm_drill_steps=0).hash()
+    lm, tokenizer = load_lm(str(tmp_path / "lm"))
+    assert lm.get_input_embeddings().weight.shape[0] == len(tokenizer)
+    assert tokenizer.convert_tokens_to_ids(cell_words(True)[-1]) != tokenizer.unk_token_id
 
 
 @pytest.mark.parametrize("where", [False, True])
@@ -153,7 +176,7 @@ def test_a_config_that_leaves_a_later_addition_off_hashes_as_the_recipe_version_
     import hashlib
 
     def version1_hash(cfg):  # the hash before any of the additions existed: the fields of version 1 only
-        additions = ("lm_focus_", "lm_cells_", "lm_share_prefix", "bpe_template_weight")
+        additions = ("lm_focus_", "lm_cells_", "lm_share_prefix", "bpe_template_weight", "lm_drill_")
         fields = {k: v for k, v in dataclasses.asdict(cfg).items() if not k.startswith(additions)}
         return hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
     phase1 = Stage0Config(lm_focus_steps=0, lm_cells_steps=0, lm_focus_lr=1.0, lm_cells_where=True)

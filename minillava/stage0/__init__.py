@@ -6,12 +6,14 @@ per part:
 
 - ``tower``   a tiny CLIP (vision + text towers, symmetric contrastive loss) with hard-negative twins;
 - ``probes``  its check: linear probes on the frozen patch features (colour, shape, size, occupancy, cell);
+- ``drill``   the chat LM's first lesson (recipe version 8): colour lookups on busy scenes in cell words;
 - ``lm``      a tiny chat LM on text only, in the stage-2 template, answering about a scene *described in words*
               (phase 1), then drilled on the kinds phase 1 leaves at the majority answer (phase 2, focus);
 - ``vocab``   phase 3: the scene as nine *cell words*, the text twin of the tower's nine patch tokens;
 - ``recipe``  the settings and their versioned hash, ``run_stage0`` and ``add_lm_phase``.
 """
 
+from .drill import colour_lookup_accuracy, drill_chat_lm, drill_sample, drill_scenes
 from .lm import FOCUS_KINDS, fit_lm, focus_chat_lm, focus_sample, scene_in_words, text_qa_accuracy, text_sample
 from .probes import probe_features
 from .recipe import (RECIPE_VERSIONS, Stage0Config, add_lm_phase, corpus, recipe_scenes, run_stage0,
@@ -21,7 +23,8 @@ from .vocab import (EMPTY_CELL, WHATS, add_cell_words, cell_word, cell_words, ce
                     scene_in_cell_words)
 
 __all__ = ["CLIP_MEAN", "CLIP_STD", "EMPTY_CELL", "FOCUS_KINDS", "RECIPE_VERSIONS", "WHATS", "Stage0Config",
-           "add_cell_words", "add_lm_phase", "cell_word", "cell_words", "cell_words_chat_lm", "corpus", "fit_lm",
+           "add_cell_words", "add_lm_phase", "cell_word", "cell_words", "cell_words_chat_lm", "colour_lookup_accuracy", "corpus",
+           "drill_chat_lm", "drill_sample", "drill_scenes", "fit_lm",
            "focus_chat_lm", "focus_sample", "in_cell_words", "probe_features", "recipe_scenes", "run_stage0",
            "scene_in_cell_words", "scene_in_words", "shipped_file_hashes", "text_qa_accuracy", "text_qa_report",
            "text_sample", "to_pixels", "train_clip", "twin"]

@@ -100,10 +100,16 @@ def shared_prefix_loss(lm, items: list[dict], tokenizer) -> torch.Tensor:
     return total / max(count, 1)
 
 
-def train_chat_lm(cfg, scenes, tokenizer, log=print) -> LlamaForCausalLM:
-    """Phase 1: a fresh tiny Llama trained on ``text_sample`` dialogues (all four kinds of §3 data, in words)."""
+def new_chat_lm(cfg, tokenizer) -> LlamaForCausalLM:
+    """The untrained tiny Llama every recipe starts from (seeded by ``cfg.seed``)."""
     torch.manual_seed(cfg.seed)
-    lm = LlamaForCausalLM(tiny_lm_config(len(tokenizer), tokenizer))
+    return LlamaForCausalLM(tiny_lm_config(len(tokenizer), tokenizer))
+
+
+def train_chat_lm(cfg, scenes, tokenizer, log=print, lm=None) -> LlamaForCausalLM:
+    """Phase 1: a fresh tiny Llama (or ``lm``, drilled) trained on ``text_sample`` dialogues (all four kinds of
+    §3 data, in words)."""
+    lm = lm if lm is not None else new_chat_lm(cfg, tokenizer)
 
     def report(step: int, loss: float) -> None:
         if step % 100 == 0:

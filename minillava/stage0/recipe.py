@@ -28,7 +28,8 @@ from ..data.shapes import generate_split
 from ..data.teachers import describe_scene, reasoning_question, scene_questions
 from ..files import file_sha1, write_atomic
 from ..model.backbones import image_processor_class, train_tiny_tokenizer
-from .lm import focus_chat_lm, text_qa_accuracy, train_chat_lm
+from .drill import colour_lookup_accuracy, drill_chat_lm, drill_sample, drill_scenes
+from .lm import focus_chat_lm, new_chat_lm, text_qa_accuracy, train_chat_lm
 from .probes import probe_features
 from .tower import CLIP_MEAN, CLIP_STD, train_clip
 from .vocab import cell_words_chat_lm, in_cell_words
@@ -59,6 +60,14 @@ class Stage0Config:
     lm_cells_lr: float = 2e-3
     lm_cells_where: bool = True         # each cell word also names its cell: "<top-left:large-red-circle>"
     lm_cells_color: bool = False        # its focus dialogues also drill "What color is the {shape}?"
+    # the lookup drill (``drill``): a fresh LM's first lesson, "What color is the {shape}?" on busy scenes in cell
+    # words; then phase 1 (if ``lm_steps``), 2 and 3, the last with a share of drill dialogues kept in its mix
+    lm_drill_steps: int = 0             # 0 = no drill: the LM starts with phase 1
+    lm_drill_batch: int = 64
+    lm_drill_lr: float = 1e-3
+    lm_drill_min_objects: int = 3
+    lm_drill_max_objects: int = 6
+    lm_drill_in_cells: float = 0.1      # the share of phase 3's dialogues that are drill dialogues
     # every chat-LM phase runs the batch's common system prompt once (same loss, fewer FLOPs; new rounding)
     lm_share_prefix: bool = False
     # the tokenizer's corpus holds the chat template this many times per scene (``corpus``); 0: once in all
@@ -93,6 +102,7 @@ RECIPE_VERSIONS = {
     5: ("lm_cells_color", False, "lm_cells_color"),  # colour questions in the phase-3 focus dialogues
     6: ("lm_share_prefix", False, "lm_share_prefix"),  # the chat LM's system prompt computed once per batch
     7: ("bpe_template_weight", 0, "bpe_template_weight"),  # a tokenizer that has seen the template often
+    8: ("lm_drill_steps", 0, "lm_drill_"),          # the lookup drill before every other chat-LM phase
 }
 
 
@@ -135,9 +145,17 @@ def run_stage0(out_dir: str | Path, cfg: Stage0Config | None = None, log=print) 
     probes = probe_features(clip.vision_model, scenes[:2000], held_out, cfg.image_size)
     log(json.dumps({"stage": "0a", "probes": probes}))
 
-    t = time.perf_counter()
-    lm = train_chat_lm(cfg, scenes, tokenizer, log)
-    seconds["lm"] = time.perf_counter() - t
+    lm, also = None, None
+    if cfg.lm_drill_steps:
+        t = time.perf_counter()
+        layouts = [layout for _, layout, _ in drill_scenes(cfg)]
+        lm = drill_chat_lm(cfg, new_chat_lm(cfg, tokenizer), layouts, tokenizer, held_out, log)
+        seconds["lm_drill"] = time.perf_counter() - t
+        also = drill_share(cfg, layouts)
+    if cfg.lm_steps or lm is None:
+        t = time.perf_counter()
+        lm = train_chat_lm(cfg, scenes, tokenizer, log, lm=lm)
+        seconds["lm"] = time.perf_counter() - t
     phase1_qa = None
     if cfg.lm_focus_steps:
         phase1_qa = text_qa_accuracy(lm, tokenizer, held_out)
@@ -147,7 +165,7 @@ def run_stage0(out_dir: str | Path, cfg: Stage0Config | None = None, log=print) 
         seconds["lm_focus"] = time.perf_counter() - t
     if cfg.lm_cells_steps:
         t = time.perf_counter()
-        lm = cell_words_chat_lm(cfg, lm, scenes, tokenizer, held_out, log)
+        lm = cell_words_chat_lm(cfg, lm, scenes, tokenizer, held_out, log, also)
         seconds["lm_cells"] = time.perf_counter() - t
     qa = text_qa_report(cfg, lm, tokenizer, held_out)
     log(json.dumps({"stage": "0b", **qa}))
@@ -198,7 +216,8 @@ def add_lm_phase(out_dir: str | Path, cfg: Stage0Config, log=print, device: str 
         recipe["text_qa_phase1"] = recipe["text_qa"]
         lm = focus_chat_lm(cfg, lm, scenes, tokenizer, held_out, log)
     else:
-        lm = cell_words_chat_lm(cfg, lm, scenes, tokenizer, held_out, log)
+        also = drill_share(cfg, [layout for _, layout, _ in drill_scenes(cfg)]) if cfg.lm_drill_steps else None
+        lm = cell_words_chat_lm(cfg, lm, scenes, tokenizer, held_out, log, also)
     recipe["seconds"][f"lm_{last}"] = round(time.perf_counter() - t, 1)
     machine = torch.cuda.get_device_name(device) if str(device).startswith("cuda") else \
         f"{torch.get_num_threads()} CPU threads"
@@ -213,12 +232,20 @@ def add_lm_phase(out_dir: str | Path, cfg: Stage0Config, log=print, device: str 
     return recipe
 
 
+def drill_share(cfg: Stage0Config, layouts: list) -> tuple:
+    """Phase 3's ``also``: the share of its dialogues that are drill dialogues, and how to draw one."""
+    return cfg.lm_drill_in_cells, lambda rng: drill_sample(rng.choice(layouts), rng, cfg.lm_cells_where)
+
+
 def text_qa_report(cfg: Stage0Config, lm, tokenizer, held_out) -> dict:
-    """The recipe's check of the chat LM: text-only QA with the scene as a sentence, and as cell words."""
+    """The recipe's check of the chat LM: text-only QA with the scene as a sentence, and as cell words (with the
+    drill: also its teacher-forced colour lookup on multi-object scenes)."""
     report = {"text_qa": text_qa_accuracy(lm, tokenizer, held_out)}
     if cfg.lm_cells_steps:
         report["text_qa_cells"] = text_qa_accuracy(
             lm, tokenizer, held_out, in_words=functools.partial(in_cell_words, where=cfg.lm_cells_where))
+    if cfg.lm_drill_steps:
+        report["colour_lookup"] = colour_lookup_accuracy(lm, tokenizer, held_out, cfg.lm_cells_where)
     return report
 
 

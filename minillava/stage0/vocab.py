@@ -90,13 +90,20 @@ def cell_words_sample(record, layout, rng: random.Random, where: bool = False, k
     return focus_sample(record, rng, scene=scene, kinds=kinds)
 
 
-def cell_words_chat_lm(cfg, lm, scenes, tokenizer, held_out=None, log=print) -> LlamaForCausalLM:
-    """Phase 3: a fresh AdamW on ``cell_words_sample`` dialogues (the tokenizer gains ``cell_words``)."""
+def has_cell_words(tokenizer, where: bool = False) -> bool:
+    """Whether ``tokenizer`` knows ``cell_words(where)`` already (the lookup drill adds them first)."""
+    return cell_words(where)[0] in tokenizer.get_vocab()
+
+
+def cell_words_chat_lm(cfg, lm, scenes, tokenizer, held_out=None, log=print, also=None) -> LlamaForCausalLM:
+    """Phase 3: a fresh AdamW on ``cell_words_sample`` dialogues (the tokenizer gains ``cell_words`` unless it has
+    them). ``also = (share, draw)``: that share of the dialogues comes from ``draw(rng)`` instead (the drill's)."""
     lm.to(torch.bfloat16).to(torch.float32)
     torch.manual_seed(cfg.seed + 3)
     where = cfg.lm_cells_where
     in_words = functools.partial(in_cell_words, where=where)
-    add_cell_words(lm, tokenizer, where)
+    if not has_cell_words(tokenizer, where):
+        add_cell_words(lm, tokenizer, where)
     steps = cfg.lm_cells_steps
 
     def report(step: int, loss: float) -> None:
@@ -107,7 +114,12 @@ def cell_words_chat_lm(cfg, lm, scenes, tokenizer, held_out=None, log=print) -> 
                                   text_qa_accuracy(lm, tokenizer, held_out, 300, in_words).items()}
             log(json.dumps(row))
     kinds = FOCUS_KINDS + ("color",) * cfg.lm_cells_color
-    return fit_lm(lm, tokenizer, lambda rng: cell_words_sample(*rng.choice(scenes)[:2], rng, where, kinds),
+
+    def draw(rng: random.Random) -> dict:
+        if also and rng.random() < also[0]:
+            return also[1](rng)
+        return cell_words_sample(*rng.choice(scenes)[:2], rng, where, kinds)
+    return fit_lm(lm, tokenizer, draw,
                   random.Random(cfg.seed + 3), steps=steps, batch=cfg.lm_cells_batch, lr=cfg.lm_cells_lr,
                   warmup=0.05, max_length=cfg.max_length, desc="stage 0b: chat LM, cell words", report=report,
                   share_prefix=cfg.lm_share_prefix)
