@@ -16,7 +16,7 @@ from minillava.data.shapes import POSITIONS, generate_split
 
 def test_recipe_runs_a_few_steps_and_saves_loadable_backbones(tmp_path):
     cfg = Stage0Config(scenes=200, clip_steps=3, clip_batch=16, lm_steps=3, lm_batch=4, lm_focus_steps=0,
-                       lm_cells_steps=0)
+                       lm_cells_steps=0, lm_drill_steps=0)
     recipe = run_stage0(tmp_path, cfg, log=lambda s: None)
     assert recipe["config_hash"] == cfg.hash() and set(recipe["probes"]) >= {"color", "shape", "size", "occupied"}
     vision, processor = load_vision(str(tmp_path / "vision"))
@@ -37,7 +37,7 @@ def test_later_lm_phases_run_and_adding_them_one_by_one_equals_a_run_from_scratc
     for module in (recipe_module, vocab_module):
         monkeypatch.setattr(module, "text_qa_accuracy", fewer_questions)
     cfg = Stage0Config(scenes=200, clip_steps=2, clip_batch=8, lm_steps=2, lm_batch=4, lm_focus_steps=2,
-                       lm_focus_batch=4, lm_cells_steps=2, lm_cells_batch=4)
+                       lm_focus_batch=4, lm_cells_steps=2, lm_cells_batch=4, lm_drill_steps=0)
     no_cells = dataclasses.replace(cfg, lm_cells_steps=0)
     phase1 = dataclasses.replace(no_cells, lm_focus_steps=0)
     assert len({cfg.hash(), no_cells.hash(), phase1.hash()}) == 3
@@ -179,15 +179,16 @@ def test_a_config_that_leaves_a_later_addition_off_hashes_as_the_recipe_version_
         additions = ("lm_focus_", "lm_cells_", "lm_share_prefix", "bpe_template_weight", "lm_drill_")
         fields = {k: v for k, v in dataclasses.asdict(cfg).items() if not k.startswith(additions)}
         return hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
-    phase1 = Stage0Config(lm_focus_steps=0, lm_cells_steps=0, lm_focus_lr=1.0, lm_cells_where=True)
+    phase1 = Stage0Config(lm_focus_steps=0, lm_cells_steps=0, lm_focus_lr=1.0, lm_cells_where=True, lm_drill_steps=0,
+                          lm_cells_color=False, lm_share_prefix=False, bpe_template_weight=0)
     assert phase1.recipe_version() == 1 and phase1.hash() == version1_hash(phase1)
-    assert Stage0Config().recipe_version() == 4  # cell words that name their cell; no colour drill
-    assert Stage0Config(lm_cells_color=True).recipe_version() == 5
-    assert Stage0Config(lm_cells_color=True).hash() != Stage0Config().hash()
-    assert Stage0Config(lm_share_prefix=True).recipe_version() == 6  # same loss, other rounding: a new version
-    assert Stage0Config(lm_share_prefix=True).hash() != Stage0Config().hash()
-    assert Stage0Config(bpe_template_weight=1).recipe_version() == 7
-    assert Stage0Config(bpe_template_weight=1).hash() != Stage0Config().hash()
+    # version 4: cell words that name their cell; each later addition switched on alone is its own version
+    base = Stage0Config(lm_cells_color=False, lm_share_prefix=False, bpe_template_weight=0, lm_drill_steps=0)
+    assert base.recipe_version() == 4
+    for version, switch in [(5, {"lm_cells_color": True}), (6, {"lm_share_prefix": True}),  # 6: other rounding
+                            (7, {"bpe_template_weight": 1}), (8, {"lm_drill_steps": 100})]:
+        cfg = dataclasses.replace(base, **switch)
+        assert cfg.recipe_version() == version and cfg.hash() != base.hash(), switch
 
 
 def test_a_tokenizer_that_saw_the_template_once_per_scene_writes_it_in_fewer_tokens_and_the_rest_alike():
