@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from minillava.model.backbones import TINY_DIR, load_lm, load_vision
-from minillava.stage0 import (Stage0Config, add_cell_words, add_lm_phase, cell_words, in_cell_words, probe_features,
-                              run_stage0, scene_in_cell_words, shipped_file_hashes, text_qa_accuracy, twin)
+from minillava.stage0 import (Stage0Config, add_cell_words, add_lm_phase, cell_words, colour_lookup_accuracy,
+                              in_cell_words, probe_features, run_stage0, scene_in_cell_words, shipped_file_hashes,
+                              text_qa_accuracy, twin)
 from minillava.data.shapes import POSITIONS, generate_split
 
 
@@ -65,22 +66,46 @@ def test_later_lm_phases_run_and_adding_them_one_by_one_equals_a_run_from_scratc
     assert tokenizer.convert_tokens_to_ids(cell_words(cfg.lm_cells_where)[-1]) != tokenizer.unk_token_id
 
 
-def test_the_lookup_drill_comes_first_asks_one_colour_on_busy_scenes_and_stays_in_the_cell_word_mix(tmp_path):
+def test_the_lookup_drills_come_first_ask_one_question_on_busy_scenes_and_stay_in_the_cell_word_mix(tmp_path,
+                                                                                                  monkeypatch):
+    import minillava.stage0.drill as drill_module
+    import minillava.stage0.recipe as recipe_module
+    from minillava.data.teachers import scene_questions
     from minillava.stage0 import drill_sample, drill_scenes
     from minillava.stage0.drill import NO_PROMPT
+    from minillava.stage0.recipe import train_tower
+
+    # the held-out checks only report here (what they measure is tested elsewhere): few questions keep this short
+    def fewer_questions(lm, tokenizer, scenes, max_questions=600, in_words=None):
+        return text_qa_accuracy(lm, tokenizer, scenes, 20, in_words)
+
+    def fewer_lookups(lm, tokenizer, held_out, where=True, max_questions=300):
+        return colour_lookup_accuracy(lm, tokenizer, held_out, where, 20)
+    for module in (recipe_module, drill_module):
+        monkeypatch.setattr(module, "text_qa_accuracy", fewer_questions)
+        monkeypatch.setattr(module, "colour_lookup_accuracy", fewer_lookups)
 
     cfg = Stage0Config(scenes=200, clip_steps=2, clip_batch=8, lm_steps=0, lm_focus_steps=0, lm_cells_steps=2,
-                       lm_cells_batch=4, lm_drill_steps=2, lm_drill_batch=4, lm_drill_in_cells=0.5)
-    layouts = [layout for _, layout, _ in drill_scenes(cfg)]
-    assert len(layouts) == cfg.scenes and all(3 <= len(layout) <= 6 for layout in layouts)
-    sample = drill_sample(layouts[0], random.Random(0))
+                       lm_cells_batch=4, lm_drill_steps=2, lm_drill_position_steps=1, lm_drill_relation_steps=1,
+                       lm_drill_batch=4, lm_drill_in_cells=0.5)
+    busy = drill_scenes(cfg)
+    assert len(busy) == cfg.scenes and all(3 <= len(layout) <= 6 for _, layout in busy)
+    record, layout = busy[0]
+    sample = drill_sample(record, layout, random.Random(0))
     assert sample["template"] is NO_PROMPT and len(sample["conversations"]) == 2
     question, answer = (turn["value"] for turn in sample["conversations"])
     shape = question.split()[-1].rstrip("?")
-    asked = next(o for o in layouts[0] if o.shape == shape)
-    assert question.startswith(scene_in_cell_words(layouts[0], where=True)) and answer == f"The {shape} is {asked.color}."
-    recipe = run_stage0(tmp_path, cfg, log=lambda s: None)  # no phase 1: the drill makes the LM, phase 3 follows
+    asked = next(o for o in layout if o.shape == shape)
+    assert question.startswith(scene_in_cell_words(layout, where=True)) and answer == f"The {shape} is {asked.color}."
+    for kind in ("position", "relation"):  # the teacher's question of that kind, when the scene has one
+        sample = drill_sample(record, layout, random.Random(0), kind)
+        assert sample is None or sample["conversations"][1]["value"] in \
+            {qa.answer for seed in range(50) for qa in scene_questions(record, random.Random(seed)) if qa.kind == kind}
+    recipe = run_stage0(tmp_path, cfg, log=lambda s: None)  # no phase 1: the drills make the LM, phase 3 follows
     assert recipe["seconds"]["lm_drill"] > 0 and "lm" not in recipe["seconds"] and 0 <= recipe["colour_lookup"] <= 1
+    assert json.loads((tmp_path / "tower.json").read_text())["probes"] == recipe["probes"]
+    # a later run into the same directory with the same tower settings reuses the saved tower (no scenes needed)
+    assert train_tower(tmp_path, cfg, [], [], None, log=lambda s: None) == (recipe["probes"], recipe["seconds"]["clip"])
     assert cfg.recipe_version() == 8 and cfg.hash() != dataclasses.replace(cfg, lm_drill_steps=0).hash()
     lm, tokenizer = load_lm(str(tmp_path / "lm"))
     assert lm.get_input_embeddings().weight.shape[0] == len(tokenizer)

@@ -9,7 +9,8 @@ training scenes made by ``generate_split(max_objects=6)`` and kept from OBJECTS'
 Vicuna template's system prompt is empty; TURNS=1 keeps one question per dialogue (with all of them, the last answer
 can be had by elimination: the one colour not yet named). Every 100 steps: teacher-forced accuracy on 300 held-out
 multi-object colour questions (the recipe's val scenes, 1–4 objects), with the full template and with the empty
-system prompt. KIND=relation (or position): one question of that teacher kind per dialogue instead, scored by
+system prompt. KIND=relation (or position): one question of that teacher kind per dialogue instead (KIND=
+relation_steps: the relation answer preceded by both objects' cells, ``with_cells``), scored by
 greedy answers on 300 held-out questions of the kind (exact match, as ``text_qa_accuracy`` scores).
 
     TURNS=1 OBJECTS=3-6 NO_PROMPT=1 python benchmarks/experiments/colour_drill.py LM_DIR STEPS BATCH LR [OUT]
@@ -30,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lm_lookup import colour_accuracy, colour_questions  # noqa: E402
 from minillava.conversation import get_template, prompt_ids  # noqa: E402
 from minillava.data.llava_json import make_sample  # noqa: E402
+from minillava.data.grid import POSITIONS  # noqa: E402
 from minillava.data.shapes import generate_split  # noqa: E402
 from minillava.data.teachers import answer_is_correct, scene_questions  # noqa: E402
 from minillava.model.backbones import backbone_path, tiny_lm_config  # noqa: E402
@@ -58,12 +60,24 @@ else:
     if tokenizer.convert_tokens_to_ids(cell_words(True)[0]) == tokenizer.unk_token_id:
         add_cell_words(lm, tokenizer, where=True)
 KIND = os.environ.get("KIND", "color")
+STEPS_FIRST = KIND == "relation_steps"  # relation, its answer naming both cells first
+KIND = "relation" if STEPS_FIRST else KIND
 if KIND == "color":
     test = colour_questions(held_out, int(os.environ.get("TEST", 300)))
 else:  # (layout, QA): the teacher's question of that kind about each held-out scene that has one
     test = [(layout, q) for record, layout, _ in held_out
             for q in scene_questions(record, random.Random(record.image_id)) if q.kind == KIND]
     test = test[:int(os.environ.get("TEST", 300))]
+
+
+def with_cells(qa, layout) -> str:
+    """KIND=relation_steps: the teacher's relation answer after both objects' cells, as a worked answer
+    ("The red circle is at the top left and the blue square is at the center, so the red circle is above and to
+    the left of the blue square.")."""
+    first, second = qa.question[len("Where is the "):-1].split(" relative to the ")
+    cell = {f"{o.color} {o.shape}": POSITIONS[o.cell] for o in layout}
+    return (f"The {first} is at the {cell[first]} and the {second} is at the {cell[second]}, so "
+            f"{qa.answer[0].lower()}{qa.answer[1:]}")
 
 
 def drill(rng: random.Random) -> dict:
@@ -77,7 +91,8 @@ def drill(rng: random.Random) -> dict:
         rng.shuffle(turns)
         turns = turns[:int(os.environ.get("TURNS", 9))]  # TURNS=1: one question per dialogue, as the toy asks
     else:
-        turns = [(q.question, q.answer) for q in scene_questions(record, rng) if q.kind == KIND][:1]
+        turns = [(q.question, with_cells(q, layout) if STEPS_FIRST else q.answer)
+                 for q in scene_questions(record, rng) if q.kind == KIND][:1]
     sample = make_sample("drill", "x.png", turns or [("What color is the image?", "It has no single colour.")])
     sample["conversations"][0]["value"] = sample["conversations"][0]["value"].replace(
         "<image>", scene_in_cell_words(layout, True))
@@ -93,7 +108,7 @@ def accuracy(template) -> float:
     right = 0
     for layout, asked in test:
         ids = prompt_ids(f"{scene_in_cell_words(layout, True)}\n{asked.question}", tokenizer, template, image_tokens=1)
-        out = lm.generate(input_ids=ids[None], max_new_tokens=24, do_sample=False,
+        out = lm.generate(input_ids=ids[None], max_new_tokens=48 if STEPS_FIRST else 24, do_sample=False,
                           eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
         right += answer_is_correct(asked, tokenizer.decode(out[0, len(ids):], skip_special_tokens=True))
     lm.train()

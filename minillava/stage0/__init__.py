@@ -6,7 +6,7 @@ per part:
 
 - ``tower``   a tiny CLIP (vision + text towers, symmetric contrastive loss) with hard-negative twins;
 - ``probes``  its check: linear probes on the frozen patch features (colour, shape, size, occupancy, cell);
-- ``drill``   the chat LM's first lesson (recipe version 8): colour lookups on busy scenes in cell words;
+- ``drill``   the chat LM's first lessons (recipe version 8): colour, position, relation on busy scenes, in cell words;
 - ``lm``      a tiny chat LM on text only, in the stage-2 template, answering about a scene *described in words*
               (phase 1), then drilled on the kinds phase 1 leaves at the majority answer (phase 2, focus);
 - ``vocab``   phase 3: the scene as nine *cell words*, the text twin of the tower's nine patch tokens;

@@ -28,7 +28,7 @@ from ..data.shapes import generate_split
 from ..data.teachers import describe_scene, reasoning_question, scene_questions
 from ..files import file_sha1, write_atomic
 from ..model.backbones import image_processor_class, train_tiny_tokenizer
-from .drill import colour_lookup_accuracy, drill_chat_lm, drill_sample, drill_scenes
+from .drill import colour_lookup_accuracy, draw_drill, drill_chat_lm, drill_scenes, drilled_kinds
 from .lm import focus_chat_lm, new_chat_lm, text_qa_accuracy, train_chat_lm
 from .probes import probe_features
 from .tower import CLIP_MEAN, CLIP_STD, train_clip
@@ -60,9 +60,12 @@ class Stage0Config:
     lm_cells_lr: float = 2e-3
     lm_cells_where: bool = True         # each cell word also names its cell: "<top-left:large-red-circle>"
     lm_cells_color: bool = False        # its focus dialogues also drill "What color is the {shape}?"
-    # the lookup drill (``drill``): a fresh LM's first lesson, "What color is the {shape}?" on busy scenes in cell
-    # words; then phase 1 (if ``lm_steps``), 2 and 3, the last with a share of drill dialogues kept in its mix
-    lm_drill_steps: int = 0             # 0 = no drill: the LM starts with phase 1
+    # the lookup drills (``drill``): a fresh LM's first lessons, on busy scenes in cell words; then phase 1 (if
+    # ``lm_steps``), 2 and 3, the last with a share of drill dialogues kept in its mix
+    lm_drill_steps: int = 0             # "What color is the {shape}?"; 0 = no drills: the LM starts with phase 1
+    lm_drill_position_steps: int = 0    # then "Where is the {color} {shape}?"
+    lm_drill_relation_steps: int = 0    # then "Where is the {A} relative to the {B}?"
+    lm_drill_replay: float = 0.34       # the share of a later drill's dialogues that ask the kinds drilled before
     lm_drill_batch: int = 64
     lm_drill_lr: float = 1e-3
     lm_drill_min_objects: int = 3
@@ -139,19 +142,15 @@ def run_stage0(out_dir: str | Path, cfg: Stage0Config | None = None, log=print) 
     tokenizer = train_tiny_tokenizer(corpus(scenes, cfg.bpe_template_weight), cfg.vocab_size)
     seconds = {"scenes_and_tokenizer": time.perf_counter() - start}
 
-    t = time.perf_counter()
-    clip = train_clip(cfg, scenes, tokenizer, log)
-    seconds["clip"] = time.perf_counter() - t
-    probes = probe_features(clip.vision_model, scenes[:2000], held_out, cfg.image_size)
-    log(json.dumps({"stage": "0a", "probes": probes}))
+    probes, seconds["clip"] = train_tower(out_dir, cfg, scenes, held_out, tokenizer, log)
 
     lm, also = None, None
     if cfg.lm_drill_steps:
         t = time.perf_counter()
-        layouts = [layout for _, layout, _ in drill_scenes(cfg)]
-        lm = drill_chat_lm(cfg, new_chat_lm(cfg, tokenizer), layouts, tokenizer, held_out, log)
+        busy = drill_scenes(cfg)
+        lm = drill_chat_lm(cfg, new_chat_lm(cfg, tokenizer), busy, tokenizer, held_out, log)
         seconds["lm_drill"] = time.perf_counter() - t
-        also = drill_share(cfg, layouts)
+        also = drill_share(cfg, busy)
     if cfg.lm_steps or lm is None:
         t = time.perf_counter()
         lm = train_chat_lm(cfg, scenes, tokenizer, log, lm=lm)
@@ -170,13 +169,6 @@ def run_stage0(out_dir: str | Path, cfg: Stage0Config | None = None, log=print) 
     qa = text_qa_report(cfg, lm, tokenizer, held_out)
     log(json.dumps({"stage": "0b", **qa}))
 
-    from transformers import CLIPVisionModel
-    vision = CLIPVisionModel(clip.config.vision_config)
-    vision.load_state_dict(clip.vision_model.state_dict())
-    (out_dir / "vision").mkdir(parents=True, exist_ok=True)
-    vision.to(torch.bfloat16).save_pretrained(out_dir / "vision")
-    image_processor_class()(size={"shortest_edge": cfg.image_size}, crop_size={"height": cfg.image_size,
-                       "width": cfg.image_size}, image_mean=CLIP_MEAN, image_std=CLIP_STD).save_pretrained(out_dir / "vision")
     lm.to(torch.bfloat16).save_pretrained(out_dir / "lm")
     tokenizer.save_pretrained(out_dir / "lm")
     seconds["total"] = time.perf_counter() - start
@@ -188,6 +180,41 @@ def run_stage0(out_dir: str | Path, cfg: Stage0Config | None = None, log=print) 
     recipe["files"] = shipped_file_hashes(out_dir)
     write_atomic(out_dir / "recipe.json", json.dumps(recipe, indent=1))
     return recipe
+
+
+# the settings the tokenizer and the tower depend on (names or prefixes); the chat LM's do not change them
+TOWER_FIELDS = ("seed", "image_size", "scenes", "vocab_size", "clip_", "bpe_template_weight")
+
+
+def tower_hash(cfg: Stage0Config) -> str:
+    """Identifies the tower a config trains: the hash of ``TOWER_FIELDS`` only."""
+    fields = {k: v for k, v in dataclasses.asdict(cfg).items() if k.startswith(TOWER_FIELDS)}
+    return hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def train_tower(out_dir: Path, cfg: Stage0Config, scenes, held_out, tokenizer, log=print) -> tuple[dict, float]:
+    """Stage 0a: the tiny CLIP, saved (vision tower in bf16, image processor) as soon as it is trained, with
+    ``tower.json`` (its ``tower_hash``, probes and seconds). A later run into the same directory whose tower
+    settings are the same — one resumed after an interruption, or one that changes only the chat LM — reuses it
+    rather than spend the ~17 min again. Returns (probes, seconds spent training it)."""
+    from transformers import CLIPVisionModel
+    marker = out_dir / "tower.json"
+    if marker.is_file() and (done := json.loads(marker.read_text()))["tower_hash"] == tower_hash(cfg):
+        log(json.dumps({"stage": "0a", "reused": str(out_dir / "vision"), "probes": done["probes"]}))
+        return done["probes"], done["seconds"]
+    t = time.perf_counter()
+    clip = train_clip(cfg, scenes, tokenizer, log)
+    seconds = time.perf_counter() - t
+    probes = probe_features(clip.vision_model, scenes[:2000], held_out, cfg.image_size)
+    log(json.dumps({"stage": "0a", "probes": probes}))
+    vision = CLIPVisionModel(clip.config.vision_config)
+    vision.load_state_dict(clip.vision_model.state_dict())
+    (out_dir / "vision").mkdir(parents=True, exist_ok=True)
+    vision.to(torch.bfloat16).save_pretrained(out_dir / "vision")
+    image_processor_class()(size={"shortest_edge": cfg.image_size}, crop_size={"height": cfg.image_size,
+                       "width": cfg.image_size}, image_mean=CLIP_MEAN, image_std=CLIP_STD).save_pretrained(out_dir / "vision")
+    write_atomic(marker, json.dumps({"tower_hash": tower_hash(cfg), "probes": probes, "seconds": round(seconds, 1)}))
+    return probes, seconds
 
 
 def add_lm_phase(out_dir: str | Path, cfg: Stage0Config, log=print, device: str = "cpu") -> dict:
@@ -216,7 +243,7 @@ def add_lm_phase(out_dir: str | Path, cfg: Stage0Config, log=print, device: str 
         recipe["text_qa_phase1"] = recipe["text_qa"]
         lm = focus_chat_lm(cfg, lm, scenes, tokenizer, held_out, log)
     else:
-        also = drill_share(cfg, [layout for _, layout, _ in drill_scenes(cfg)]) if cfg.lm_drill_steps else None
+        also = drill_share(cfg, drill_scenes(cfg)) if cfg.lm_drill_steps else None
         lm = cell_words_chat_lm(cfg, lm, scenes, tokenizer, held_out, log, also)
     recipe["seconds"][f"lm_{last}"] = round(time.perf_counter() - t, 1)
     machine = torch.cuda.get_device_name(device) if str(device).startswith("cuda") else \
@@ -232,9 +259,11 @@ def add_lm_phase(out_dir: str | Path, cfg: Stage0Config, log=print, device: str 
     return recipe
 
 
-def drill_share(cfg: Stage0Config, layouts: list) -> tuple:
-    """Phase 3's ``also``: the share of its dialogues that are drill dialogues, and how to draw one."""
-    return cfg.lm_drill_in_cells, lambda rng: drill_sample(rng.choice(layouts), rng, cfg.lm_cells_where)
+def drill_share(cfg: Stage0Config, busy: list) -> tuple:
+    """Phase 3's ``also``: the share of its dialogues that are drill dialogues (every drilled kind alike), and how
+    to draw one."""
+    kinds = drilled_kinds(cfg)
+    return cfg.lm_drill_in_cells, draw_drill(busy, kinds, [1] * len(kinds), cfg.lm_cells_where)
 
 
 def text_qa_report(cfg: Stage0Config, lm, tokenizer, held_out) -> dict:
