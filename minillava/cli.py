@@ -177,8 +177,9 @@ def _add_train(sub) -> None:
                        epilog="example: minillava train --stage 1 --preset tiny --out runs/s1 stage1_steps=200")
     p.add_argument("--stage", type=int, choices=[0, 1, 2], required=True)
     p.add_argument("--preset", default="tiny", help="tiny | small | paper")
-    p.add_argument("--out", type=PathArg("out_dir", ("checkpoints", "log.jsonl", *MODEL_FILES, "recipe.json")),
-                   required=True)  # recipe.json: a stage-0 folder, e.g. minillava/assets/tiny
+    # recipe.json: a stage-0 folder, e.g. minillava/assets/tiny; tower.json: one whose tower is trained already
+    p.add_argument("--out", type=PathArg("out_dir", ("checkpoints", "log.jsonl", *MODEL_FILES, "recipe.json",
+                                                     "tower.json")), required=True)
     p.add_argument("--resume", action="store_true", help="continue from the newest good checkpoint in --out")
     p.add_argument("--config", type=PathArg("file"), help="a YAML or JSON file of config fields")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config fields, e.g. stage2_lr=1e-4")
