@@ -131,8 +131,7 @@ def test_a_scene_in_cell_words_is_nine_single_tokens_in_row_major_cell_order(whe
 
 
 def test_focus_samples_ask_mostly_hard_kinds_and_near_miss_absent_pairs_are_absent():
-    import random
-    from minillava.stage0 import FOCUS_KINDS, focus_sample
+    from minillava.stage0 import focus_sample
     rng, kinds, near_misses = random.Random(0), [], 0
     for record, _, _ in generate_split(300, "train", seed=3):
         sample = focus_sample(record, rng)
@@ -190,7 +189,6 @@ def test_shared_prefix_loss_and_gradients_equal_the_plain_batch_with_chat_and_pl
 
 def test_hard_negative_twin_differs_in_exactly_one_attribute():
     for _, layout, _ in generate_split(50, "train", seed=1):
-        import random
         other = twin(layout, random.Random(0))
         assert len(other) == len(layout) and other != layout
         changed = set(layout) ^ set(other)
