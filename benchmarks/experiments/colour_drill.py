@@ -125,7 +125,7 @@ def report(step: int, loss: float) -> None:
                           f"{label}_full": accuracy(full), f"{label}_no_prompt": accuracy(empty)}), flush=True)
 
 
-print(json.dumps({"lm": lm_dir, "kind": KIND, "objects": f"{lo}-{hi}", "no_prompt": train_template is empty,
+print(json.dumps({"lm": lm_dir, "kind": KIND, "cells_first": STEPS_FIRST, "objects": f"{lo}-{hi}", "no_prompt": train_template is empty,
                   "batch": batch,
                   "turns": int(os.environ.get("TURNS", 9)),
                   "lr": lr, "test": len(test)}), flush=True)
