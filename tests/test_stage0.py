@@ -97,7 +97,7 @@ def test_the_lookup_drills_come_first_ask_one_question_on_busy_scenes_and_stay_i
     shape = question.split()[-1].rstrip("?")
     asked = next(o for o in layout if o.shape == shape)
     assert question.startswith(scene_in_cell_words(layout, where=True)) and answer == f"The {shape} is {asked.color}."
-    for kind in ("position", "relation"):  # the teacher's question of that kind, when the scene has one
+    for kind in ("position", "size", "relation"):  # the teacher's question of that kind, when the scene has one
         sample = drill_sample(record, layout, random.Random(0), kind)
         assert sample is None or sample["conversations"][1]["value"] in \
             {qa.answer for seed in range(50) for qa in scene_questions(record, random.Random(seed)) if qa.kind == kind}
@@ -212,6 +212,10 @@ def test_a_config_that_leaves_a_later_addition_off_hashes_as_the_recipe_version_
                             (7, {"bpe_template_weight": 1}), (8, {"lm_drill_steps": 100})]:
         cfg = dataclasses.replace(base, **switch)
         assert cfg.recipe_version() == version and cfg.hash() != base.hash(), switch
+    drilled = dataclasses.replace(base, lm_drill_steps=100)
+    sized = dataclasses.replace(drilled, lm_drill_size_steps=100)  # an addition to the drills: version 9
+    assert sized.recipe_version() == 9 and sized.hash() != drilled.hash()
+    assert dataclasses.replace(base, lm_drill_size_steps=100).hash() == base.hash()  # no drills: it does nothing
 
 
 def test_a_tokenizer_that_saw_the_template_once_per_scene_writes_it_in_fewer_tokens_and_the_rest_alike():

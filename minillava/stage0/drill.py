@@ -32,8 +32,8 @@ NO_PROMPT = dataclasses.replace(get_template("vicuna_v1"), system="")  # the Vic
 
 
 # the drills, in order, and the config field that gives each one's steps: a colour lookup by shape, a cell lookup
-# by colour–shape pair, then a relation (two such lookups and a comparison of their cells)
-DRILLS = (("color", "lm_drill_steps"), ("position", "lm_drill_position_steps"),
+# by colour–shape pair, a size lookup by the same pair, then a relation (two lookups and a comparison of cells)
+DRILLS = (("color", "lm_drill_steps"), ("position", "lm_drill_position_steps"), ("size", "lm_drill_size_steps"),
           ("relation", "lm_drill_relation_steps"))
 
 
@@ -55,7 +55,8 @@ def colour_questions(layout: list[Shape]) -> list[tuple[str, str]]:
 
 def drill_sample(record, layout: list[Shape], rng: random.Random, kind: str = "color", where: bool = True) -> dict:
     """One question of ``kind`` about a scene in cell words, in the Vicuna template without its system prompt:
-    colour by shape, or the teacher's ``position`` / ``relation`` question (None if the scene has none)."""
+    colour by shape, or the teacher's question of that kind (``position``, ``size``, ``relation``; None if the scene
+    has none)."""
     if kind == "color":
         turns = [rng.choice(colour_questions(layout))]
     else:

@@ -64,6 +64,7 @@ class Stage0Config:
     # ``lm_steps``), 2 and 3, the last with a share of drill dialogues kept in its mix
     lm_drill_steps: int = 0             # "What color is the {shape}?"; 0 = no drills: the LM starts with phase 1
     lm_drill_position_steps: int = 0    # then "Where is the {color} {shape}?"
+    lm_drill_size_steps: int = 0        # then "Is the {color} {shape} large or small?" (version 9)
     lm_drill_relation_steps: int = 0    # then "Where is the {A} relative to the {B}?"
     lm_drill_replay: float = 0.34       # the share of a later drill's dialogues that ask the kinds drilled before
     lm_drill_batch: int = 64
@@ -105,7 +106,8 @@ RECIPE_VERSIONS = {
     5: ("lm_cells_color", False, "lm_cells_color"),  # colour questions in the phase-3 focus dialogues
     6: ("lm_share_prefix", False, "lm_share_prefix"),  # the chat LM's system prompt computed once per batch
     7: ("bpe_template_weight", 0, "bpe_template_weight"),  # a tokenizer that has seen the template often
-    8: ("lm_drill_steps", 0, "lm_drill_"),          # the lookup drill before every other chat-LM phase
+    8: ("lm_drill_steps", 0, "lm_drill_"),          # the lookup drills before every other chat-LM phase
+    9: ("lm_drill_size_steps", 0, "lm_drill_size_"),  # a size drill among them
 }
 
 
