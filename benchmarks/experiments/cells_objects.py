@@ -22,9 +22,9 @@ import torch
 from transformers import AutoTokenizer, LlamaForCausalLM
 
 from minillava.data.shapes import generate_split
-from minillava.stage0 import (FOCUS_KINDS, Stage0Config, cell_words, fit_lm, in_cell_words, recipe_scenes,
+from minillava.stage0 import (FOCUS_KINDS, Stage0Config, fit_lm, in_cell_words, recipe_scenes,
                               text_qa_accuracy)
-from minillava.stage0.vocab import add_cell_words, cell_words_sample
+from minillava.stage0.vocab import add_cell_words, cell_words_sample, has_cell_words
 
 torch.set_num_threads(2)
 focus_dir, objects, steps, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
@@ -39,7 +39,7 @@ lm_dir = f"{focus_dir}/lm" if os.path.isdir(f"{focus_dir}/lm") else focus_dir  #
 tokenizer = AutoTokenizer.from_pretrained(lm_dir)
 lm = LlamaForCausalLM.from_pretrained(lm_dir, dtype=torch.float32)
 torch.manual_seed(cfg.seed + 3)
-if tokenizer.convert_tokens_to_ids(cell_words(True)[0]) == tokenizer.unk_token_id:  # else keep the trained rows
+if not has_cell_words(tokenizer, where=True):  # else keep the trained rows
     add_cell_words(lm, tokenizer, where=True)
 words = functools.partial(in_cell_words, where=True)
 start = time.time()

@@ -15,7 +15,6 @@ greedy answers on 300 held-out questions of the kind (exact match, as ``text_qa_
 
     TURNS=1 OBJECTS=3-6 NO_PROMPT=1 python benchmarks/experiments/colour_drill.py LM_DIR STEPS BATCH LR [OUT]
 """
-import collections
 import dataclasses
 import json
 import os
@@ -35,8 +34,9 @@ from minillava.data.grid import POSITIONS  # noqa: E402
 from minillava.data.shapes import generate_split  # noqa: E402
 from minillava.data.teachers import answer_is_correct, scene_questions  # noqa: E402
 from minillava.model.backbones import backbone_path, tiny_lm_config  # noqa: E402
-from minillava.stage0 import Stage0Config, cell_words, fit_lm, recipe_scenes, scene_in_cell_words  # noqa: E402
-from minillava.stage0.vocab import add_cell_words  # noqa: E402
+from minillava.stage0 import Stage0Config, fit_lm, recipe_scenes, scene_in_cell_words  # noqa: E402
+from minillava.stage0.drill import colour_questions as drill_colour_questions  # noqa: E402
+from minillava.stage0.vocab import add_cell_words, has_cell_words  # noqa: E402
 
 torch.set_num_threads(int(os.environ.get("THREADS", 2)))
 lm_dir, steps, batch, lr = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
@@ -57,7 +57,7 @@ if lm_dir == "fresh":  # an untrained LM of the shipped shape and vocabulary, ce
 else:
     tokenizer = AutoTokenizer.from_pretrained(lm_dir)
     lm = LlamaForCausalLM.from_pretrained(lm_dir, dtype=torch.float32)
-    if tokenizer.convert_tokens_to_ids(cell_words(True)[0]) == tokenizer.unk_token_id:
+    if not has_cell_words(tokenizer, where=True):
         add_cell_words(lm, tokenizer, where=True)
 KIND = os.environ.get("KIND", "color")
 STEPS_FIRST = KIND == "relation_steps"  # relation, its answer naming both cells first
@@ -85,9 +85,7 @@ def drill(rng: random.Random) -> dict:
     teacher kind (``relation``, ``position``): one question of that kind from ``scene_questions``."""
     record, layout, _ = rng.choice(train)
     if KIND == "color":
-        shapes = collections.Counter(o.shape for o in layout)
-        turns = [(f"What color is the {o.shape}?", f"The {o.shape} is {o.color}.") for o in layout
-                 if shapes[o.shape] == 1]
+        turns = drill_colour_questions(layout)
         rng.shuffle(turns)
         turns = turns[:int(os.environ.get("TURNS", 9))]  # TURNS=1: one question per dialogue, as the toy asks
     else:
@@ -125,9 +123,8 @@ def report(step: int, loss: float) -> None:
                           f"{label}_full": accuracy(full), f"{label}_no_prompt": accuracy(empty)}), flush=True)
 
 
-print(json.dumps({"lm": lm_dir, "kind": KIND, "cells_first": STEPS_FIRST, "objects": f"{lo}-{hi}", "no_prompt": train_template is empty,
-                  "batch": batch,
-                  "turns": int(os.environ.get("TURNS", 9)),
+print(json.dumps({"lm": lm_dir, "kind": KIND, "cells_first": STEPS_FIRST, "objects": f"{lo}-{hi}",
+                  "no_prompt": train_template is empty, "batch": batch, "turns": int(os.environ.get("TURNS", 9)),
                   "lr": lr, "test": len(test)}), flush=True)
 fit_lm(lm, tokenizer, drill, random.Random(5), steps=steps, batch=batch, lr=lr, warmup=0.05, max_length=256,
        desc="drill", report=report, share_prefix=True)
