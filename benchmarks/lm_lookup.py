@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--lm", default=str(backbone_path("tiny", "lm")), help="chat-LM directory (default: shipped)")
     parser.add_argument("--questions", type=int, default=400)
-    parser.add_argument("--out", default="benchmarks/results/lm_lookup_shipped.json")
+    parser.add_argument("--out", default="benchmarks/results/lm_lookup.json")
     args = parser.parse_args(argv)
     torch.set_num_threads(min(2, torch.get_num_threads()))
     tokenizer = AutoTokenizer.from_pretrained(args.lm)

@@ -182,7 +182,8 @@ def test_shared_prefix_loss_and_gradients_equal_the_plain_batch_with_chat_and_pl
     plain, plain_grads = loss_and_grads(lambda: lm(**pad_right(items, tokenizer.pad_token_id)).loss)
     shared, shared_grads = loss_and_grads(lambda: shared_prefix_loss(lm, items, tokenizer))
     assert shared == pytest.approx(plain, abs=1e-5)
-    assert len(prefixes) == 1 and prefixes[0] > 50  # the chat rows' system prompt ran once
+    system = len(tokenizer(template.system, add_special_tokens=False)["input_ids"])
+    assert len(prefixes) == 1 and prefixes[0] > system  # the chat rows' system prompt ran once, with BOS and USER:
     for a, b in zip(plain_grads, shared_grads):
         torch.testing.assert_close(b, a, atol=1e-5, rtol=0)
 

@@ -46,12 +46,12 @@ class Stage0Config:
     clip_steps: int = 800
     clip_batch: int = 128       # base scenes per batch; each brings a hard-negative twin (256 images)
     clip_lr: float = 1e-3
-    lm_steps: int = 2500
+    lm_steps: int = 0           # phase 1: every kind, the scene as a sentence (0: the drills come first)
     lm_batch: int = 24
     lm_lr: float = 2e-3
     max_length: int = 256
     # phase 2 of the chat LM: short QA dialogues weighted to the kinds phase 1 left at the majority answer
-    lm_focus_steps: int = 2000          # 0 = phase 1 only
+    lm_focus_steps: int = 0             # 0 = no focus phase
     lm_focus_batch: int = 32
     lm_focus_lr: float = 2e-3
     # phase 3: the scene as nine cell words, the text twin of the 3×3 patch tokens
@@ -59,23 +59,23 @@ class Stage0Config:
     lm_cells_batch: int = 32
     lm_cells_lr: float = 2e-3
     lm_cells_where: bool = True         # each cell word also names its cell: "<top-left:large-red-circle>"
-    lm_cells_color: bool = False        # its focus dialogues also drill "What color is the {shape}?"
+    lm_cells_color: bool = True         # its focus dialogues also drill "What color is the {shape}?"
     # the lookup drills (``drill``): a fresh LM's first lessons, on busy scenes in cell words; then phase 1 (if
     # ``lm_steps``), 2 and 3, the last with a share of drill dialogues kept in its mix
-    lm_drill_steps: int = 0             # "What color is the {shape}?"; 0 = no drills: the LM starts with phase 1
-    lm_drill_position_steps: int = 0    # then "Where is the {color} {shape}?"
+    lm_drill_steps: int = 2000          # "What color is the {shape}?"; 0 = no drills: the LM starts with phase 1
+    lm_drill_position_steps: int = 1500  # then "Where is the {color} {shape}?"
     lm_drill_size_steps: int = 0        # then "Is the {color} {shape} large or small?" (version 9)
-    lm_drill_relation_steps: int = 0    # then "Where is the {A} relative to the {B}?"
+    lm_drill_relation_steps: int = 2000  # then "Where is the {A} relative to the {B}?"
     lm_drill_replay: float = 0.34       # the share of a later drill's dialogues that ask the kinds drilled before
     lm_drill_batch: int = 64
     lm_drill_lr: float = 1e-3
     lm_drill_min_objects: int = 3
     lm_drill_max_objects: int = 6
-    lm_drill_in_cells: float = 0.1      # the share of phase 3's dialogues that are drill dialogues
+    lm_drill_in_cells: float = 0.2      # the share of phase 3's dialogues that are drill dialogues
     # every chat-LM phase runs the batch's common system prompt once (same loss, fewer FLOPs; new rounding)
-    lm_share_prefix: bool = False
+    lm_share_prefix: bool = True
     # the tokenizer's corpus holds the chat template this many times per scene (``corpus``); 0: once in all
-    bpe_template_weight: int = 0
+    bpe_template_weight: int = 1
 
     def recipe_version(self) -> int:
         """The latest recipe version this config uses (1: the tower and chat-LM phase 1 only)."""
@@ -117,7 +117,7 @@ def corpus(scenes, template_weight: int = 0) -> list[str]:
 
     BPE merges what is frequent. With ``template_weight = k`` the template (system prompt, ``USER:``,
     ``ASSISTANT:``) is in the text ``1 + k × len(scenes)`` times, about as often as the LM will read it, not once;
-    the shipped BPE (k = 0) writes the 30-word system prompt in 67 tokens."""
+    with k = 0 the 23-word system prompt takes 67 tokens, with the shipped k = 1 it takes 28."""
     template = [VICUNA_SYSTEM, "USER: ASSISTANT:"]
     texts = [*template, *BRIEF_PROMPTS, *DETAIL_PROMPTS, "Scene:"] + template * (template_weight * len(scenes))
     for record, _, _ in scenes:
@@ -225,8 +225,8 @@ def add_lm_phase(out_dir: str | Path, cfg: Stage0Config, log=print, device: str 
 
     Equal to ``run_stage0(out_dir, cfg)`` from scratch, because each phase starts from the LM before it rounded to
     bf16 — which is what the directory holds — and uses the same scenes and seeds (on the same kind of device); it
-    saves the hour of retraining the tower and the earlier phases. This is how the shipped LM got its focus and
-    cell-word phases (the latter on a GPU: ``device="cuda"``)."""
+    saves the hour of retraining the tower and the earlier phases. Recipe 641b05a49ece's LM (mix first, no drills) got
+    its focus and cell-word phases this way (the latter on a GPU: ``device="cuda"``)."""
     from transformers import AutoTokenizer
     out_dir = Path(out_dir)
     recipe = json.loads((out_dir / "recipe.json").read_text())
