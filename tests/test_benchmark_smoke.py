@@ -105,6 +105,23 @@ def test_lm_lookup_benchmark_reports_answers_attention_and_row_structure(tmp_pat
     assert 0 < report["rows"]["r2_additive"] <= 1
 
 
+def test_lm_text_forms_groups_the_lms_text_answers_by_question_form_beside_the_images(tmp_path, capsys):
+    quickstart = tmp_path / "metrics.json"  # a quickstart's per-form answers, as report.md writes them
+    image_row = {"n": 2, "accuracy": 0.5, "commonest_key": ["nothing", 0.5], "commonest_answer": ["nothing", 1.0],
+                 "accuracy_by_key": {"circle": 0.0, "nothing": 1.0}, "habit": True}
+    quickstart.write_text(json.dumps({"answer_habits": {"shape: What is at the {position}?": image_row}}))
+    out = tmp_path / "forms.json"
+    _benchmark("lm_text_forms").main(["--questions", "9", "--quickstart", str(quickstart), "--out", str(out)])
+    report = json.loads(out.read_text())
+    assert sum(row["n"] for row in report["text"].values()) == 9  # every question in one form
+    assert sum(kind["n"] for kind in report["text_per_kind"].values()) == 9
+    assert all(form.split(": ")[0] in report["text_per_kind"] for form in report["text"])
+    assert report["image"]["shape: What is at the {position}?"] == image_row
+    printed = capsys.readouterr().out.splitlines()
+    row = next(line for line in printed if line.startswith("| shape: What is at the {position}? |"))
+    assert row.endswith("| 2 | 0.500 | nothing (1.00) **habit** |"), row  # the image's columns, habit marked
+
+
 def test_stage2_answers_runs_each_lever_beside_today_and_the_template_bpe_writes_the_prompt_shorter(tmp_path,
                                                                                                    monkeypatch):
     bench = _benchmark("stage2_answers")

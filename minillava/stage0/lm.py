@@ -22,7 +22,7 @@ from ..data.dataset import MIN_SHARED_PREFIX, left_pad, pad_right, prefix_worth_
 from ..data.llava_json import make_sample
 from ..data.prompts import BRIEF_PROMPTS, DETAIL_PROMPTS
 from ..data.shapes import COLORS, SHAPES
-from ..data.teachers import QA, answer_is_correct, describe_scene, reasoning_question, scene_questions
+from ..data.teachers import QA, answer_is_correct, describe_scene, reasoning_question, scene_questions, stated_answer
 from ..data.words import a
 from ..model.backbones import tiny_lm_config
 from ..model.llava import answer_loss
@@ -169,10 +169,12 @@ def focus_chat_lm(cfg, lm, scenes, tokenizer, held_out=None, log=print) -> Llama
 
 
 @torch.no_grad()
-def text_qa_accuracy(lm, tokenizer, scenes, max_questions: int = 600, in_words=None) -> dict:
+def text_qa_accuracy(lm, tokenizer, scenes, max_questions: int = 600, in_words=None,
+                     answers: list | None = None) -> dict:
     """Exact-match accuracy per question kind when the scene is given in words, and the majority baseline.
 
-    ``in_words(record, layout)`` writes the scene (default: the sentence of ``scene_in_words``)."""
+    ``in_words(record, layout)`` writes the scene (default: the sentence of ``scene_in_words``). ``answers``, if
+    given, receives one row per question in the form ``eval.accuracy.answer_habits`` reads."""
     in_words = in_words or (lambda record, layout: scene_in_words(record))
     template = get_template("vicuna_v1")
     lm.eval()
@@ -196,6 +198,9 @@ def text_qa_accuracy(lm, tokenizer, scenes, max_questions: int = 600, in_words=N
             text = tokenizer.decode(seq, skip_special_tokens=True)
             total[qa.kind] += 1
             correct[qa.kind] += answer_is_correct(qa, text)
+            if answers is not None:
+                answers.append({"kind": qa.kind, "question": qa.question, "key": qa.key, "answer": text,
+                                "stated": stated_answer(qa.kind, text), "correct": answer_is_correct(qa, text)})
             answers_by_kind.setdefault(qa.kind, []).append(qa.key)
     lm.train()
     result = {}
