@@ -63,7 +63,7 @@ class Config:
     feature_cache_dtype: str = "bf16"    # bf16 | fp16 | fp32 (fp32: bit-identical to computing online)
     init_from: str = ""                  # a model directory whose trained parts start this run (stage 1 → 2)
     # stage 1: feature alignment (§4.2)
-    stage1_steps: int = 200
+    stage1_steps: int = 375              # one epoch of the 24,000 training captions (4,800 scenes × 5), as LLaVA (§5)
     stage1_batch: int = 64
     stage1_lr: float = 2e-3
     stage1_template: str = "plain"
