@@ -140,7 +140,9 @@ def grounding(measured: dict) -> dict | str:
     return {"attention_focus": measured["attention_focus"],
             "attention_by_head": {k: v for k, v in measured["attention_by_head"].items() if k != "per_head_selection"},
             "nearest_word_after_stage1": measured["nearest_word_after_stage1"],
-            "nearest_word_after_stage2": measured["nearest_word_after_stage2"]}
+            "nearest_word_after_stage2": measured["nearest_word_after_stage2"],
+            "nearest_cell_word_after_stage1": measured["nearest_cell_word_after_stage1"],
+            "nearest_cell_word_after_stage2": measured["nearest_cell_word_after_stage2"]}
 
 
 def _stage_line(stage: int, summary: dict, seconds: float) -> str:
@@ -210,6 +212,12 @@ def report(metrics: dict) -> str:
                       f"of attention on the asked object's patch ({focus['n_tokens']} tokens). The nearest colour/shape "
                       f"word to an object's projected patch names its colour or shape for {fmt(s1['rate'])} of "
                       f"{s1['n_objects']} objects after stage 1 and {fmt(s2['rate'])} after stage 2."]
+        c1, c2 = g.get("nearest_cell_word_after_stage1"), g.get("nearest_cell_word_after_stage2")
+        if c1 and c2:  # the stand-in LM's cell words (stage0.vocab): what the LM was taught to read scenes in
+            lines += ["", f"Of the LM's 657 cell words, the one nearest to an object's projected patch is its own "
+                          f"for {fmt(c1['word'])} of objects after stage 1 and {fmt(c2['word'])} after stage 2; it "
+                          f"names what stands there for {fmt(c1['what'])} and {fmt(c2['what'])}, the cell for "
+                          f"{fmt(c1['cell'])} and {fmt(c2['cell'])} (chance 1/72 and 1/9)."]
         head = g.get("attention_by_head")
         if head and head.get("best_head"):
             layer, index = (i + 1 for i in head["best_head"])  # counted from 1, as in the notebooks

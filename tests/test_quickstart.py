@@ -98,3 +98,6 @@ def test_figures_are_drawn_and_grounding_is_measured(quick_run):
     assert set(measured["modality_gap"]) == {"before stage 1", "after stage 1", "after stage 2"}
     rate = metrics["grounding"]["nearest_word_after_stage1"]
     assert rate["n_objects"] > 0 and 0 <= rate["rate"] <= 1
+    cell_words = metrics["grounding"]["nearest_cell_word_after_stage1"]  # the stand-in LM has cell words
+    assert cell_words["n_objects"] == rate["n_objects"]
+    assert 0 <= cell_words["word"] <= min(cell_words["what"], cell_words["cell"]) <= 1

@@ -10,8 +10,8 @@ import torch
 
 from minillava.model.backbones import TINY_DIR, load_lm, load_vision
 from minillava.stage0 import (Stage0Config, add_cell_words, add_lm_phase, cell_words, colour_lookup_accuracy,
-                              in_cell_words, probe_features, run_stage0, scene_in_cell_words, shipped_file_hashes,
-                              text_qa_accuracy, twin)
+                              grid_position_code, in_cell_words, probe_features, run_stage0, scene_in_cell_words,
+                              shipped_file_hashes, text_qa_accuracy, twin)
 from minillava.data.shapes import POSITIONS, generate_split
 
 
@@ -26,6 +26,19 @@ def test_recipe_runs_a_few_steps_and_saves_loadable_backbones(tmp_path):
     text = "The red circle is at the top left."
     assert tokenizer.decode(tokenizer(text, add_special_tokens=False)["input_ids"]) == text  # byte-level: exact
     assert recipe["files"] == shipped_file_hashes(tmp_path)
+    # the fixed position code (recipe version 10) is saved as the tower's position embedding, untouched by training
+    code = grid_position_code(3, vision.config.hidden_size, cfg.clip_fixed_position)
+    assert torch.equal(vision.get_parameter("embeddings.position_embedding.weight").float(), code.bfloat16().float())
+
+
+def test_the_fixed_position_code_gives_each_cell_its_own_vector_and_the_cls_token_none():
+    code = grid_position_code(3, 128, 2.0)  # (1 + 9, 128)
+    assert code.shape == (10, 128) and not code[0].any()
+    assert torch.allclose(code[1:].norm(dim=-1), torch.full((9,), 2.0 * 8))  # 64 sine–cosine pairs of norm 1, × 2
+    distances = torch.cdist(code[1:], code[1:])
+    assert distances[~torch.eye(9, dtype=torch.bool)].min() > 1.0
+    # row and column are coded apart: same row, same first half of the channels
+    assert torch.equal(code[1, :64], code[3, :64]) and not torch.equal(code[1, 64:], code[3, 64:])
 
 
 def test_later_lm_phases_run_and_adding_them_one_by_one_equals_a_run_from_scratch(tmp_path, monkeypatch):
@@ -106,7 +119,7 @@ def test_the_lookup_drills_come_first_ask_one_question_on_busy_scenes_and_stay_i
     assert json.loads((tmp_path / "tower.json").read_text())["probes"] == recipe["probes"]
     # a later run into the same directory with the same tower settings reuses the saved tower (no scenes needed)
     assert train_tower(tmp_path, cfg, [], [], None, log=lambda s: None) == (recipe["probes"], recipe["seconds"]["clip"])
-    assert cfg.recipe_version() == 8 and cfg.hash() != dataclasses.replace(cfg, lm_drill_steps=0).hash()
+    assert cfg.recipe_version() == 10 and cfg.hash() != dataclasses.replace(cfg, lm_drill_steps=0).hash()
     lm, tokenizer = load_lm(str(tmp_path / "lm"))
     assert lm.get_input_embeddings().weight.shape[0] == len(tokenizer)
     assert tokenizer.convert_tokens_to_ids(cell_words(True)[-1]) != tokenizer.unk_token_id
@@ -200,17 +213,20 @@ def test_a_config_that_leaves_a_later_addition_off_hashes_as_the_recipe_version_
     import hashlib
 
     def version1_hash(cfg):  # the hash before any of the additions existed: the fields of version 1 only
-        additions = ("lm_focus_", "lm_cells_", "lm_share_prefix", "bpe_template_weight", "lm_drill_")
+        additions = ("lm_focus_", "lm_cells_", "lm_share_prefix", "bpe_template_weight", "lm_drill_",
+                     "clip_fixed_position")
         fields = {k: v for k, v in dataclasses.asdict(cfg).items() if not k.startswith(additions)}
         return hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
     phase1 = Stage0Config(lm_focus_steps=0, lm_cells_steps=0, lm_focus_lr=1.0, lm_cells_where=True, lm_drill_steps=0,
-                          lm_cells_color=False, lm_share_prefix=False, bpe_template_weight=0)
+                          lm_cells_color=False, lm_share_prefix=False, bpe_template_weight=0, clip_fixed_position=0.0)
     assert phase1.recipe_version() == 1 and phase1.hash() == version1_hash(phase1)
     # version 4: cell words that name their cell; each later addition switched on alone is its own version
-    base = Stage0Config(lm_cells_color=False, lm_share_prefix=False, bpe_template_weight=0, lm_drill_steps=0)
+    base = Stage0Config(lm_cells_color=False, lm_share_prefix=False, bpe_template_weight=0, lm_drill_steps=0,
+                        clip_fixed_position=0.0)
     assert base.recipe_version() == 4
     for version, switch in [(5, {"lm_cells_color": True}), (6, {"lm_share_prefix": True}),  # 6: other rounding
-                            (7, {"bpe_template_weight": 1}), (8, {"lm_drill_steps": 100})]:
+                            (7, {"bpe_template_weight": 1}), (8, {"lm_drill_steps": 100}),
+                            (10, {"clip_fixed_position": 2.0})]:
         cfg = dataclasses.replace(base, **switch)
         assert cfg.recipe_version() == version and cfg.hash() != base.hash(), switch
     drilled = dataclasses.replace(base, lm_drill_steps=100)

@@ -4,7 +4,8 @@ LLaVA starts from CLIP ViT-L/14 (contrastive pretraining on 400M image–text pa
 tuned LLaMA). Offline on a CPU we have neither, so this recipe trains stand-ins on the embedded scenes, one module
 per part:
 
-- ``tower``   a tiny CLIP (vision + text towers, symmetric contrastive loss) with hard-negative twins;
+- ``tower``   a tiny CLIP (vision + text towers, symmetric contrastive loss) with hard-negative twins and a fixed
+              2-D position code (recipe version 10);
 - ``probes``  its check: linear probes on the frozen patch features (colour, shape, size, occupancy, cell);
 - ``drill``   the chat LM's first lessons (recipe version 8): colour, position, relation on busy scenes, in cell words;
 - ``lm``      a tiny chat LM on text only, in the stage-2 template, answering about a scene *described in words*
@@ -18,13 +19,13 @@ from .lm import FOCUS_KINDS, fit_lm, focus_chat_lm, focus_sample, scene_in_words
 from .probes import probe_features
 from .recipe import (RECIPE_VERSIONS, Stage0Config, add_lm_phase, corpus, recipe_scenes, run_stage0,
                      shipped_file_hashes, text_qa_report)
-from .tower import CLIP_MEAN, CLIP_STD, to_pixels, train_clip, twin
+from .tower import CLIP_MEAN, CLIP_STD, grid_position_code, to_pixels, train_clip, twin
 from .vocab import (EMPTY_CELL, WHATS, add_cell_words, cell_word, cell_words, cell_words_chat_lm, in_cell_words,
                     scene_in_cell_words)
 
 __all__ = ["CLIP_MEAN", "CLIP_STD", "EMPTY_CELL", "FOCUS_KINDS", "RECIPE_VERSIONS", "WHATS", "Stage0Config",
            "add_cell_words", "add_lm_phase", "cell_word", "cell_words", "cell_words_chat_lm", "colour_lookup_accuracy", "corpus",
-           "drill_chat_lm", "drill_sample", "drill_scenes", "fit_lm",
+           "drill_chat_lm", "drill_sample", "drill_scenes", "fit_lm", "grid_position_code",
            "focus_chat_lm", "focus_sample", "in_cell_words", "probe_features", "recipe_scenes", "run_stage0",
            "scene_in_cell_words", "scene_in_words", "shipped_file_hashes", "text_qa_accuracy", "text_qa_report",
            "text_sample", "to_pixels", "train_clip", "twin"]

@@ -46,6 +46,9 @@ class Stage0Config:
     clip_steps: int = 800
     clip_batch: int = 128       # base scenes per batch; each brings a hard-negative twin (256 images)
     clip_lr: float = 1e-3
+    # 0: the tower learns its patch position embedding, as CLIP; s > 0: a fixed 2-D sine–cosine code times s
+    # (``grid_position_code``), which keeps a patch's cell readable through every layer (benchmarks/README.md)
+    clip_fixed_position: float = 2.0
     lm_steps: int = 0           # phase 1: every kind, the scene as a sentence (0: the drills come first)
     lm_batch: int = 24
     lm_lr: float = 2e-3
@@ -108,6 +111,7 @@ RECIPE_VERSIONS = {
     7: ("bpe_template_weight", 0, "bpe_template_weight"),  # a tokenizer that has seen the template often
     8: ("lm_drill_steps", 0, "lm_drill_"),          # the lookup drills before every other chat-LM phase
     9: ("lm_drill_size_steps", 0, "lm_drill_size_"),  # a size drill among them
+    10: ("clip_fixed_position", 0.0, "clip_fixed_position"),  # the tower's position code fixed, not learned
 }
 
 

@@ -4,6 +4,11 @@ CLIP learns its patch features with a symmetric contrastive loss over image–te
 that colour alone would tell most pairs apart, so every scene in a batch comes with a *hard negative* twin that
 differs in one object's shape, colour, size or cell: to separate the pair the patch features must carry shape
 and position too — what stage 1 later maps into the LM's word space.
+
+A patch's place enters a ViT only through the position embedding added to it at the input. CLIP learns that
+embedding; learned here, it came out weak and uneven (norms 0.8–3.5 across the nine cells) and a linear probe
+found a patch's cell in 0.79 of patches at the penultimate layer. So our tower's code is fixed and strong instead
+(``grid_position_code``, recipe version 10), a departure from CLIP made for the stand-in: see benchmarks/README.md.
 """
 
 from __future__ import annotations
@@ -70,6 +75,22 @@ def clip_pairs(scenes, size: int, rng: random.Random):
     return to_pixels(images), captions
 
 
+def grid_position_code(grid: int, dim: int, scale: float) -> torch.Tensor:
+    """A fixed 2-D sine–cosine position code for a grid × grid patch layout, in the manner of MAE's ViT (He et al.,
+    2022: ``models_mae.py`` keeps its ``pos_embed`` fixed, ``requires_grad=False``): half the channels encode the
+    patch's row, half its column, in sine–cosine pairs at frequencies from 1 down to e⁻⁴ (ours, for a 3-step grid).
+    Row 0, the CLS token's, is zero. Each pair has norm 1, so a patch's code has norm ``scale`` · √(dim / 2).
+    Returns (1 + grid², dim)."""
+    half = dim // 2
+    freqs = torch.exp(-torch.arange(0, half, 2) / half * 4.0)  # (dim / 4,)
+    code = torch.zeros(1 + grid * grid, dim)
+    for patch in range(grid * grid):
+        for offset, index in zip((0, half), divmod(patch, grid)):  # (row, column)
+            code[1 + patch, offset:offset + half:2] = torch.sin(index * freqs + 0.3)
+            code[1 + patch, offset + 1:offset + half:2] = torch.cos(index * freqs + 0.3)
+    return code * scale
+
+
 def train_clip(cfg, scenes, tokenizer, log=print) -> CLIPModel:
     """Contrastive pretraining of both towers on (scene, caption) pairs and their hard-negative twins."""
     torch.manual_seed(cfg.seed)
@@ -80,6 +101,11 @@ def train_clip(cfg, scenes, tokenizer, log=print) -> CLIPModel:
                                          bos_token_id=tokenizer.bos_token_id),
                         vision_config=vision_cfg.to_dict(), projection_dim=128)
     clip = CLIPModel(config)
+    if cfg.clip_fixed_position:  # CLIP learns its position embedding; ours is fixed and strong (recipe version 10)
+        table = clip.vision_model.embeddings.position_embedding.weight  # (1 + 9, 128)
+        with torch.no_grad():
+            table.copy_(grid_position_code(GRID, table.shape[1], cfg.clip_fixed_position))
+        table.requires_grad_(False)
     opt = torch.optim.AdamW(clip.parameters(), lr=cfg.clip_lr, weight_decay=0.1)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(cfg.clip_steps, warmup_steps=100))
     rng = random.Random(cfg.seed)

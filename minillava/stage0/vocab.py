@@ -3,8 +3,11 @@
 §4.2 calls stage 1 training "a compatible visual tokenizer for the frozen LLM": W maps each patch feature into the
 LM's word-embedding space. Here that is made literal. The LM learns a vocabulary of one word per thing a grid cell
 can hold ("<large-red-circle>", "<empty>"), and to answer from a scene written as nine such words in row-major
-order — the order the tower gives its patch tokens. Stage 1 then has a concrete target: map each patch onto the
-word for what stands in its cell; stage 2 finds the reading circuit already there.
+order — the order the tower gives its patch tokens. Stage 1 could then map each patch onto the word for what stands
+in its cell, and stage 2 find the reading circuit already there. Measured, it does less: stage 1 lands an object's
+patch near its colour and shape *words* but seldom on its cell word (``viz.figures.nearest_cell_word_rate``,
+notebook 08), so stage 2 still learns to read the image tokens; what the LM brings is the skill of answering from
+a scene given as nine tokens.
 
 With ``where`` each word also names its cell ("<top-left:large-red-circle>", 9 × 73 words), as a patch token
 carries its place (CLIP adds a position embedding to every patch). The LM's rotary positions rotate queries and

@@ -173,6 +173,31 @@ def nearest_word_rate(model, processor, data_dir: Path, n_scenes: int = 100) -> 
     return {"rate": hits / total if total else None, "n_objects": total}
 
 
+def nearest_cell_word_rate(model, processor, data_dir: Path, n_scenes: int = 100) -> dict | None:
+    """Of the 657 cell words the stand-in LM reads scenes in ("<top-left:large-red-circle>", ``stage0.vocab``), is
+    the one nearest (cosine) to an object's projected patch its own word, or does it at least name what stands
+    there, or the cell? None for an LM without cell words (a hub LM)."""
+    from ..stage0.vocab import cell_word, cell_words
+    vocabulary = cell_words(where=True)
+    if vocabulary[0] not in model.tokenizer.get_added_vocab():
+        return None
+    records = load_split(data_dir, "test")[:n_scenes]
+    z = model.image_features(pixels_for(processor, [image_path(data_dir, r) for r in records]))  # (B, N, Dv)
+    nearest = nearest_words(model, z.flatten(0, 1), k=1, vocabulary=vocabulary)  # B·N rows, one word each
+    hits = {"word": 0, "what": 0, "cell": 0}
+    total = 0
+    for b, record in enumerate(records):
+        for obj in record.objects:
+            cell = object_patch(record, obj)
+            guess = nearest[b * z.shape[1] + cell][0]  # "<top-left:large-red-circle>"
+            truth = cell_word(f"<{obj.size}-{obj.color}-{obj.category}>", cell, where=True)
+            hits["word"] += guess == truth
+            hits["what"] += guess.split(":")[1] == truth.split(":")[1]
+            hits["cell"] += guess.split(":")[0] == truth.split(":")[0]
+            total += 1
+    return {**{k: v / total for k, v in hits.items()}, "n_objects": total} if total else None
+
+
 def nearest_word_figure(model, processor, data_dir: Path, out: Path) -> Path:
     record = max(load_split(data_dir, "test"), key=lambda r: len(r.objects))
     z = model.image_features(pixels_for(processor, [image_path(data_dir, record)]))[0]
@@ -249,6 +274,8 @@ def make_figures(model_dir: str | Path, out_dir: str | Path) -> dict:
     measured = {"attention_focus": grounding_ratio(model, processor, data_dir), "attention_by_head": by_head,
                 "nearest_word_after_stage1": nearest_word_rate(stage1, processor, data_dir),
                 "nearest_word_after_stage2": nearest_word_rate(model, processor, data_dir),
+                "nearest_cell_word_after_stage1": nearest_cell_word_rate(stage1, processor, data_dir),
+                "nearest_cell_word_after_stage2": nearest_cell_word_rate(model, processor, data_dir),
                 "modality_gap": gap, "figures": [str(p) for p in paths]}
     (out / "measured.json").write_text(json.dumps(measured, indent=1))
     return measured

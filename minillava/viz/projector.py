@@ -19,7 +19,7 @@ from einops import rearrange
 def nearest_words(model, image_features: torch.Tensor, k: int = 3, vocabulary: list[str] | None = None) -> list[list[str]]:
     """For each of the N projected tokens of one image (N, Dv): the k words whose embeddings are closest (cosine).
 
-    ``vocabulary`` restricts the candidates to those words (each must be one token, e.g. colour and shape names).
+    ``vocabulary`` restricts the candidates to those words (each one token: colour and shape names, cell words).
     """
     h = model.project(image_features)  # (N, D)
     table = model.lm.get_input_embeddings().weight  # (V, D)
@@ -32,7 +32,10 @@ def nearest_words(model, image_features: torch.Tensor, k: int = 3, vocabulary: l
 
 
 def single_token_id(tokenizer, word: str) -> int:
-    """The id of ``word`` as it appears after a space (" red"); it must be a single token."""
+    """The id of ``word``: a word added whole to the vocabulary (a cell word, "<top-left:large-red-circle>") as it
+    is, any other as it appears after a space (" red"), which must then be a single token."""
+    if word in (added := tokenizer.get_added_vocab()):
+        return added[word]
     ids = tokenizer(" " + word, add_special_tokens=False)["input_ids"]
     if len(ids) != 1:
         raise ValueError(f"{word!r} is {len(ids)} tokens for this tokenizer; pick single-token words")
