@@ -78,9 +78,9 @@ def clip_pairs(scenes, size: int, rng: random.Random):
 def grid_position_code(grid: int, dim: int, scale: float) -> torch.Tensor:
     """A fixed 2-D sine–cosine position code for a grid × grid patch layout, in the manner of MAE's ViT (He et al.,
     2022: ``models_mae.py`` keeps its ``pos_embed`` fixed, ``requires_grad=False``): half the channels encode the
-    patch's row, half its column, in sine–cosine pairs at frequencies from 1 down to e⁻⁴ (ours, for a 3-step grid).
-    Row 0, the CLS token's, is zero. Each pair has norm 1, so a patch's code has norm ``scale`` · √(dim / 2).
-    Returns (1 + grid², dim)."""
+    patch's row, half its column, in sine–cosine pairs at frequencies from 1 down to e⁻⁴ (our choice for a grid of
+    three steps), shifted by a phase of 0.3 so that row and column 0 are not all-zero sines. Row 0, the CLS token's,
+    is zero. Each pair has norm 1, so a patch's code has norm ``scale`` · √(dim / 2). Returns (1 + grid², dim)."""
     half = dim // 2
     freqs = torch.exp(-torch.arange(0, half, 2) / half * 4.0)  # (dim / 4,)
     code = torch.zeros(1 + grid * grid, dim)

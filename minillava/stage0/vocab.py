@@ -10,7 +10,7 @@ notebook 08), so stage 2 still learns to read the image tokens; what the LM brin
 a scene given as nine tokens.
 
 With ``where`` each word also names its cell ("<top-left:large-red-circle>", 9 × 73 words), as a patch token
-carries its place (CLIP adds a position embedding to every patch). The LM's rotary positions rotate queries and
+carries its place (the tower adds a position code to every patch). The LM's rotary positions rotate queries and
 keys but add nothing to the values it copies, so "which of the nine am I reading" is otherwise not in the token.
 """
 
