@@ -98,6 +98,29 @@ def test_figures_are_drawn_and_grounding_is_measured(quick_run):
     assert set(measured["modality_gap"]) == {"before stage 1", "after stage 1", "after stage 2"}
     rate = metrics["grounding"]["nearest_word_after_stage1"]
     assert rate["n_objects"] > 0 and 0 <= rate["rate"] <= 1
-    cell_words = metrics["grounding"]["nearest_cell_word_after_stage1"]  # the stand-in LM has cell words
-    assert cell_words["n_objects"] == rate["n_objects"]
-    assert 0 <= cell_words["word"] <= min(cell_words["what"], cell_words["cell"]) <= 1
+    assert metrics["grounding"]["nearest_cell_word_after_stage1"] is None  # this random LM has no cell words
+
+
+def test_a_patch_projected_onto_its_own_cell_word_is_counted_right(scene_dir, monkeypatch):
+    """``nearest_cell_word_rate`` on the shipped stand-in LM, with W replaced by a map that writes at every patch the
+    embedding of the cell word for what truly stands there: every object then counts right on all three scores."""
+    import torch
+    from minillava.config import load_config
+    from minillava.data.records import load_split
+    from minillava.model.build import build_model
+    from minillava.stage0 import cell_word
+    from minillava.viz.figures import nearest_cell_word_rate, object_patch
+
+    model, processor = build_model(load_config("tiny", [f"data_dir={scene_dir}"]))
+    records = load_split(scene_dir, "test")
+    table = model.lm.get_input_embeddings().weight
+    truth = []  # (B·9, D): row b·9 + cell holds that cell's own word
+    for record in records:
+        whats = {object_patch(record, o): f"<{o.size}-{o.color}-{o.category}>" for o in record.objects}
+        truth += [table[model.tokenizer.convert_tokens_to_ids(cell_word(whats.get(c, "<empty>"), c, where=True))]
+                  for c in range(9)]
+    monkeypatch.setattr(model, "project", lambda z: torch.stack(truth))
+    rate = nearest_cell_word_rate(model, processor, scene_dir)
+    assert rate == {"word": 1.0, "what": 1.0, "cell": 1.0, "n_objects": sum(len(r.objects) for r in records)}
+    monkeypatch.setattr(model, "project", lambda z: torch.stack(truth[9:] + truth[:9]))  # every scene shifted by one
+    assert nearest_cell_word_rate(model, processor, scene_dir)["word"] < 1.0
