@@ -32,7 +32,14 @@ from .lm import FOCUS_KINDS, fit_lm, focus_sample, text_qa_accuracy, text_sample
 
 # what a cell can hold: nothing, or one of 2 sizes × 6 colours × 6 shapes (73 in all)
 EMPTY_CELL = "<empty>"
-WHATS = [EMPTY_CELL] + [f"<{size}-{color}-{shape}>" for size in SIZES for color in COLORS for shape in SHAPES]
+
+
+def what_word(size: str, color: str, shape: str) -> str:
+    """What a cell holds, as one word: "<large-red-circle>"."""
+    return f"<{size}-{color}-{shape}>"
+
+
+WHATS = [EMPTY_CELL] + [what_word(size, color, shape) for size in SIZES for color in COLORS for shape in SHAPES]
 
 
 def cell_word(what: str, cell: int | None, where: bool = False) -> str:
@@ -52,7 +59,7 @@ def cell_words(where: bool = False) -> list[str]:
 
 def scene_in_cell_words(layout: list[Shape], where: bool = False) -> str:
     """Nine words, one per cell, top left to bottom right: what a 3×3 grid of patch tokens shows."""
-    whats = {o.cell: f"<{o.size}-{o.color}-{o.shape}>" for o in layout}
+    whats = {o.cell: what_word(o.size, o.color, o.shape) for o in layout}
     return "".join(cell_word(whats.get(c, EMPTY_CELL), c, where) for c in range(GRID * GRID))
 
 

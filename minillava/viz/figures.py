@@ -177,7 +177,7 @@ def nearest_cell_word_rate(model, processor, data_dir: Path, n_scenes: int = 100
     """Of the 657 cell words the stand-in LM reads scenes in ("<top-left:large-red-circle>", ``stage0.vocab``), is
     the one nearest (cosine) to an object's projected patch its own word, or does it at least name what stands
     there, or the cell? None for an LM without cell words (a hub LM)."""
-    from ..stage0.vocab import cell_word, cell_words
+    from ..stage0.vocab import cell_word, cell_words, what_word
     vocabulary = cell_words(where=True)
     if vocabulary[0] not in model.tokenizer.get_added_vocab():
         return None
@@ -190,7 +190,7 @@ def nearest_cell_word_rate(model, processor, data_dir: Path, n_scenes: int = 100
         for obj in record.objects:
             cell = object_patch(record, obj)
             guess = nearest[b * z.shape[1] + cell][0]  # "<top-left:large-red-circle>"
-            truth = cell_word(f"<{obj.size}-{obj.color}-{obj.category}>", cell, where=True)
+            truth = cell_word(what_word(obj.size, obj.color, obj.category), cell, where=True)
             hits["word"] += guess == truth
             hits["what"] += guess.split(":")[1] == truth.split(":")[1]
             hits["cell"] += guess.split(":")[0] == truth.split(":")[0]
