@@ -17,7 +17,7 @@ from minillava.data.shapes import POSITIONS, generate_split
 
 def test_recipe_runs_a_few_steps_and_saves_loadable_backbones(tmp_path):
     cfg = Stage0Config(scenes=200, clip_steps=3, clip_batch=16, lm_steps=3, lm_batch=4, lm_focus_steps=0,
-                       lm_cells_steps=0, lm_drill_steps=0)
+                       lm_cells_steps=0, lm_drill_steps=0, lm_review_steps=0)
     recipe = run_stage0(tmp_path, cfg, log=lambda s: None)
     assert recipe["config_hash"] == cfg.hash() and set(recipe["probes"]) >= {"color", "shape", "size", "occupied"}
     vision, processor = load_vision(str(tmp_path / "vision"))
@@ -43,25 +43,28 @@ def test_the_fixed_position_code_gives_each_cell_its_own_vector_and_the_cls_toke
 
 def test_later_lm_phases_run_and_adding_them_one_by_one_equals_a_run_from_scratch(tmp_path, monkeypatch):
     import minillava.stage0.recipe as recipe_module
+    import minillava.stage0.review as review_module
     import minillava.stage0.vocab as vocab_module
 
     # the text-QA checks only report (what they measure is tested below); 60 questions keep this test short
     def fewer_questions(lm, tokenizer, scenes, max_questions=600, in_words=None):
         return text_qa_accuracy(lm, tokenizer, scenes, 60, in_words)
-    for module in (recipe_module, vocab_module):
+    for module in (recipe_module, vocab_module, review_module):
         monkeypatch.setattr(module, "text_qa_accuracy", fewer_questions)
     cfg = Stage0Config(scenes=200, clip_steps=2, clip_batch=8, lm_steps=2, lm_batch=4, lm_focus_steps=2,
-                       lm_focus_batch=4, lm_cells_steps=2, lm_cells_batch=4, lm_drill_steps=0)
-    no_cells = dataclasses.replace(cfg, lm_cells_steps=0)
+                       lm_focus_batch=4, lm_cells_steps=2, lm_cells_batch=4, lm_drill_steps=0, lm_review_steps=2,
+                       lm_review_batch=4)
+    no_review = dataclasses.replace(cfg, lm_review_steps=0)
+    no_cells = dataclasses.replace(no_review, lm_cells_steps=0)
     phase1 = dataclasses.replace(no_cells, lm_focus_steps=0)
-    assert len({cfg.hash(), no_cells.hash(), phase1.hash()}) == 3
+    assert len({cfg.hash(), no_review.hash(), no_cells.hash(), phase1.hash()}) == 4
     recipe = run_stage0(tmp_path / "scratch", cfg, log=lambda s: None)
     assert set(recipe["text_qa_phase1"]) == set(recipe["text_qa"]) == set(recipe["text_qa_cells"])
-    assert recipe["seconds"]["lm_focus"] > 0 and recipe["seconds"]["lm_cells"] > 0
+    assert min(recipe["seconds"][f"lm_{phase}"] for phase in ("focus", "cells", "review")) > 0
     # the shortcut the shipped LM took: phase 1 saved (bf16), then each later phase alone — same weight files
     run_stage0(tmp_path / "steps", phase1, log=lambda s: None)
-    with pytest.raises(ValueError, match="without its cells phase"):
-        add_lm_phase(tmp_path / "steps", cfg, log=lambda s: None)  # the focus phase must come first
+    with pytest.raises(ValueError, match="without its review phase"):
+        add_lm_phase(tmp_path / "steps", cfg, log=lambda s: None)  # the focus and cells phases must come first
     assert add_lm_phase(tmp_path / "steps", no_cells, log=lambda s: None)["config_hash"] == no_cells.hash()
     lm, tokenizer = load_lm(str(tmp_path / "steps" / "lm"))  # where each new cell word starts
     add_cell_words(lm, tokenizer, where=True)
@@ -72,6 +75,7 @@ def test_later_lm_phases_run_and_adding_them_one_by_one_equals_a_run_from_scratc
     for word, what, where in [("<top-left:large-red-circle>", "large red circle", "top left"),
                               ("<center:empty>", "nothing", "center")]:
         assert torch.allclose(table[tokenizer.convert_tokens_to_ids(word)], mean(what) + mean(where))
+    assert add_lm_phase(tmp_path / "steps", no_review, log=lambda s: None)["config_hash"] == no_review.hash()
     continued = add_lm_phase(tmp_path / "steps", cfg, log=lambda s: None)
     assert continued["config_hash"] == cfg.hash() and continued["files"] == recipe["files"]
     lm, tokenizer = load_lm(str(tmp_path / "steps" / "lm"))
@@ -100,7 +104,7 @@ def test_the_lookup_drills_come_first_ask_one_question_on_busy_scenes_and_stay_i
 
     cfg = Stage0Config(scenes=200, clip_steps=2, clip_batch=8, lm_steps=0, lm_focus_steps=0, lm_cells_steps=2,
                        lm_cells_batch=4, lm_drill_steps=2, lm_drill_position_steps=1, lm_drill_relation_steps=1,
-                       lm_drill_batch=4, lm_drill_in_cells=0.5)
+                       lm_drill_batch=4, lm_drill_in_cells=0.5, lm_review_steps=0)
     busy = drill_scenes(cfg)
     assert len(busy) == cfg.scenes and all(3 <= len(layout) <= 6 for _, layout in busy)
     record, layout = busy[0]
@@ -120,9 +124,33 @@ def test_the_lookup_drills_come_first_ask_one_question_on_busy_scenes_and_stay_i
     # a later run into the same directory with the same tower settings reuses the saved tower (no scenes needed)
     assert train_tower(tmp_path, cfg, [], [], None, log=lambda s: None) == (recipe["probes"], recipe["seconds"]["clip"])
     assert cfg.recipe_version() == 10 and cfg.hash() != dataclasses.replace(cfg, lm_drill_steps=0).hash()
+    assert dataclasses.replace(cfg, lm_review_steps=1).recipe_version() == 11
     lm, tokenizer = load_lm(str(tmp_path / "lm"))
     assert lm.get_input_embeddings().weight.shape[0] == len(tokenizer)
     assert tokenizer.convert_tokens_to_ids(cell_words(True)[-1]) != tokenizer.unk_token_id
+
+
+def test_the_review_asks_what_is_in_an_occupied_cell_as_often_as_in_an_empty_one_and_the_weak_forms_more():
+    from minillava.data.teachers import object_at
+    from minillava.stage0.review import REVIEW_FORMS, review_question, review_sample
+    rng = random.Random(0)
+    scenes = generate_split(300, "train", seed=3)
+    asked = [review_question(record, rng, "what_at") for record, _, _ in scenes]
+    occupied = [qa.key != "nothing" for qa in asked]
+    assert 0.4 < sum(occupied) / len(occupied) < 0.6  # the teacher's one random cell: ~0.28 on 1-4 objects
+    for (record, _, _), qa in zip(scenes, asked):
+        obj = object_at(record, qa.question[len("What is at the "):-1])
+        assert qa.key == (obj.category if obj else "nothing") and (obj is None or obj.color in qa.answer)
+    record, layout, _ = next(s for s in scenes if len(s[1]) >= 2)
+    assert review_question(record, rng, "relation").kind == "relation"
+    sample = review_sample(record, layout, random.Random(1))
+    assert "template" not in sample  # the stage-2 template, system prompt and all
+    question = sample["conversations"][0]["value"]
+    assert question.startswith(scene_in_cell_words(layout, where=True) + "\n") and 2 <= len(sample["conversations"]) <= 4
+    questions = [turn["value"] for record, layout, _ in scenes[:200]
+                 for turn in review_sample(record, layout, rng)["conversations"][::2]]
+    weak = sum("What is at" in q or "relative to" in q for q in questions) / len(questions)
+    assert weak > 0.35 and weak > (REVIEW_FORMS["what_at"] + REVIEW_FORMS["relation"]) / sum(REVIEW_FORMS.values()) - 0.1
 
 
 @pytest.mark.parametrize("where", [False, True])
@@ -214,19 +242,20 @@ def test_a_config_that_leaves_a_later_addition_off_hashes_as_the_recipe_version_
 
     def version1_hash(cfg):  # the hash before any of the additions existed: the fields of version 1 only
         additions = ("lm_focus_", "lm_cells_", "lm_share_prefix", "bpe_template_weight", "lm_drill_",
-                     "clip_fixed_position")
+                     "clip_fixed_position", "lm_review_")
         fields = {k: v for k, v in dataclasses.asdict(cfg).items() if not k.startswith(additions)}
         return hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
     phase1 = Stage0Config(lm_focus_steps=0, lm_cells_steps=0, lm_focus_lr=1.0, lm_cells_where=True, lm_drill_steps=0,
-                          lm_cells_color=False, lm_share_prefix=False, bpe_template_weight=0, clip_fixed_position=0.0)
+                          lm_cells_color=False, lm_share_prefix=False, bpe_template_weight=0, clip_fixed_position=0.0,
+                          lm_review_steps=0)
     assert phase1.recipe_version() == 1 and phase1.hash() == version1_hash(phase1)
     # version 4: cell words that name their cell; each later addition switched on alone is its own version
     base = Stage0Config(lm_cells_color=False, lm_share_prefix=False, bpe_template_weight=0, lm_drill_steps=0,
-                        clip_fixed_position=0.0)
+                        clip_fixed_position=0.0, lm_review_steps=0)
     assert base.recipe_version() == 4
     for version, switch in [(5, {"lm_cells_color": True}), (6, {"lm_share_prefix": True}),  # 6: other rounding
                             (7, {"bpe_template_weight": 1}), (8, {"lm_drill_steps": 100}),
-                            (10, {"clip_fixed_position": 2.0})]:
+                            (10, {"clip_fixed_position": 2.0}), (11, {"lm_review_steps": 100})]:
         cfg = dataclasses.replace(base, **switch)
         assert cfg.recipe_version() == version and cfg.hash() != base.hash(), switch
     drilled = dataclasses.replace(base, lm_drill_steps=100)

@@ -70,6 +70,19 @@ def crowded(record: ImageRecord) -> set[str]:
     return {o.category for o in record.objects if o.attributes.get("crowd")}
 
 
+def object_at(record: ImageRecord, pos: str) -> ObjectRecord | None:
+    """The object whose box centre falls in grid cell ``pos`` ('top left' ...), or None (at most one per cell)."""
+    return next((o for o in record.objects if position(o, record) == pos), None)
+
+
+def what_is_at(record: ImageRecord, pos: str) -> QA:
+    """'What is at the {pos}?', answered with the object there or 'nothing' (a ``shape`` question)."""
+    obj = object_at(record, pos)
+    if obj is None:
+        return QA(f"What is at the {pos}?", f"There is nothing at the {pos}.", "shape", "nothing")
+    return QA(f"What is at the {pos}?", f"There is {a(describe(obj))} at the {pos}.", "shape", obj.category)
+
+
 def _unique(record: ImageRecord, key) -> list[ObjectRecord]:
     counts = Counter(key(o) for o in record.objects)
     return [o for o in record.objects if counts[key(o)] == 1]
@@ -98,16 +111,11 @@ def scene_questions(record: ImageRecord, rng: random.Random) -> list[QA]:
         pos = position(obj, record)
         qas.append(QA(f"Where is the {name(obj)}?", f"The {name(obj)} is at the {pos}.", "position", pos))
     if has_attrs:
-        cells = {position(o, record): o for o in objs}
         pos = rng.choice(POSITIONS)
-        if pos in cells:
-            obj = cells[pos]
-            qas.append(QA(f"What is at the {pos}?", f"There is {a(describe(obj))} at the {pos}.", "shape",
-                          obj.category))
+        qas.append(what_is_at(record, pos))
+        if (obj := object_at(record, pos)) is not None:
             qas.append(QA(f"What color is the shape at the {pos}?", f"The {obj.category} at the {pos} is {obj.color}.",
                           "color", obj.color))
-        else:
-            qas.append(QA(f"What is at the {pos}?", f"There is nothing at the {pos}.", "shape", "nothing"))
 
         for obj in _unique(record, lambda o: o.category):
             qas.append(QA(f"What color is the {obj.category}?", f"The {obj.category} is {obj.color}.", "color",
