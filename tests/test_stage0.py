@@ -17,7 +17,7 @@ from minillava.data.shapes import POSITIONS, generate_split
 
 def test_recipe_runs_a_few_steps_and_saves_loadable_backbones(tmp_path):
     cfg = Stage0Config(scenes=200, clip_steps=3, clip_batch=16, lm_steps=3, lm_batch=4, lm_focus_steps=0,
-                       lm_cells_steps=0, lm_drill_steps=0, lm_review_steps=0)
+                       lm_cells_steps=0, lm_drill_steps=0)
     recipe = run_stage0(tmp_path, cfg, log=lambda s: None)
     assert recipe["config_hash"] == cfg.hash() and set(recipe["probes"]) >= {"color", "shape", "size", "occupied"}
     vision, processor = load_vision(str(tmp_path / "vision"))
@@ -104,7 +104,7 @@ def test_the_lookup_drills_come_first_ask_one_question_on_busy_scenes_and_stay_i
 
     cfg = Stage0Config(scenes=200, clip_steps=2, clip_batch=8, lm_steps=0, lm_focus_steps=0, lm_cells_steps=2,
                        lm_cells_batch=4, lm_drill_steps=2, lm_drill_position_steps=1, lm_drill_relation_steps=1,
-                       lm_drill_batch=4, lm_drill_in_cells=0.5, lm_review_steps=0)
+                       lm_drill_batch=4, lm_drill_in_cells=0.5)
     busy = drill_scenes(cfg)
     assert len(busy) == cfg.scenes and all(3 <= len(layout) <= 6 for _, layout in busy)
     record, layout = busy[0]

@@ -11,7 +11,7 @@ per part:
 - ``lm``      a tiny chat LM on text only, in the stage-2 template, answering about a scene *described in words*
               (phase 1), then drilled on the kinds phase 1 leaves at the majority answer (phase 2, focus);
 - ``vocab``   phase 3: the scene as nine *cell words*, the text twin of the tower's nine patch tokens;
-- ``review``  phase 4 (recipe version 11): the question forms phase 3 leaves weakest, asked more often;
+- ``review``  phase 4 (recipe version 11, not shipped): the question forms phase 3 leaves weakest, asked more often;
 - ``recipe``  the settings and their versioned hash, ``run_stage0`` and ``add_lm_phase``.
 """
 

@@ -3,7 +3,7 @@
 Stage 0 exists only for the tiny preset. LLaVA starts from released checkpoints (CLIP ViT-L/14 and Vicuna, §4.1);
 offline on a CPU we have neither, so ``run_stage0`` trains stand-ins on the embedded scenes: a byte-level BPE
 tokenizer on their text, the tiny CLIP (``tower``), then the chat LM: the lookup drills (``drill``), phases 1–3
-(``lm``, ``vocab``; the shipped recipe skips 1 and 2) and the review (``review``).
+(``lm``, ``vocab``; the shipped recipe skips 1 and 2) and the review (``review``, off in the shipped recipe).
 It writes both in bf16 with ``recipe.json``: the settings and their hash, the probe and text-QA checks, and the
 sha1 of every weight file. The result is shipped in ``minillava/assets/tiny``; ``minillava quickstart`` starts
 from it.
@@ -77,8 +77,9 @@ class Stage0Config:
     lm_drill_min_objects: int = 3
     lm_drill_max_objects: int = 6
     lm_drill_in_cells: float = 0.2      # the share of phase 3's dialogues that are drill dialogues
-    # phase 4, the review (``review``): the forms phase 3 leaves weakest, asked more often, at a lower lr
-    lm_review_steps: int = 1500         # 0 = no review
+    # phase 4, the review (``review``): the forms phase 3 leaves weakest, asked more often, at a lower lr. Off in
+    # the shipped recipe: it lifts text QA, but the quickstart on it was no better (benchmarks/README.md)
+    lm_review_steps: int = 0            # 0 = no review; 1500 was measured
     lm_review_batch: int = 32
     lm_review_lr: float = 5e-4
     lm_review_mix: float = 0.3          # the share of its dialogues that are phase 3's
