@@ -50,6 +50,9 @@ class Config:
     data_images: int = 6000              # shapes: total scenes over train/val/test
     instruct_json: str = ""              # stage-2 data; empty = rule teacher on the train split
     stage2_types: str = "conv,detail,complex"
+    # rule teacher: the chance that "What is at the {position}?" asks of an occupied cell, not a random one (most are
+    # empty, so 0 rewards "nothing"); the held-out questions always ask of a random one (``data.teachers``)
+    teacher_occupied: float = 0.0
     image_size: int = 96
     # model (§4.1)
     vision_name: str = "tiny"            # "tiny" (shipped stand-in) or a hub id / local directory
@@ -111,6 +114,8 @@ class Config:
                      "eval_every", "group_by_length"]:
             if getattr(self, name) < 0:
                 raise ConfigError(f"config field '{name}' must not be negative, got {getattr(self, name)}")
+        if not 0 <= self.teacher_occupied <= 1:
+            raise ConfigError(f"config field 'teacher_occupied' is a chance, from 0 to 1; got {self.teacher_occupied}")
         if self.projector not in PROJECTORS:
             raise ConfigError(f"config field 'projector': unknown {self.projector!r}; expected {' or '.join(PROJECTORS)}")
         for name in ["stage1_template", "stage2_template"]:

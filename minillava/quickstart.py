@@ -36,9 +36,14 @@ def prepare_data(cfg, log=print) -> Path:
         write_json(stamp, settings)  # last: scenes interrupted before here are made again
         log(f"data: {counts} scenes in {data_dir}")
     instruct = data_dir / f"instruct_{cfg.data_split}.json"
-    if not cfg.instruct_json and not instruct.is_file():
-        samples = generate_rule_instructions(load_split(data_dir, cfg.data_split), seed=cfg.seed)
+    teacher = instruct.with_suffix(".teacher.json")  # the teacher's settings: data made with others is made again
+    wanted = {"seed": cfg.seed, "occupied": cfg.teacher_occupied}
+    if not cfg.instruct_json and not (instruct.is_file() and teacher.is_file() and
+                                      json.loads(teacher.read_text()) == wanted):
+        samples = generate_rule_instructions(load_split(data_dir, cfg.data_split), seed=cfg.seed,
+                                             occupied=cfg.teacher_occupied)
         write_llava_json(instruct, samples)
+        write_json(teacher, wanted)  # last: instructions interrupted before here are made again
         log(f"data: {len(samples)} rule-teacher instruction samples in {instruct}")
     return data_dir
 

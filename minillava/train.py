@@ -338,7 +338,8 @@ def stage_samples(cfg: Config, stage: int, data_dir: Path, split: str | None = N
     if stage == 1:
         return caption_samples(load_split(data_dir, split), cfg.seed), f"{data_dir} {split} captions"
     if split != cfg.data_split:
-        return generate_rule_instructions(load_split(data_dir, split), seed=cfg.seed), f"{data_dir} {split} rule"
+        return generate_rule_instructions(load_split(data_dir, split), seed=cfg.seed, occupied=cfg.teacher_occupied), \
+            f"{data_dir} {split} rule"
     path = cfg.instruct_json or str(data_dir / f"instruct_{cfg.data_split}.json")
     samples = read_llava_json(path)
     wanted = set(cfg.stage2_types.split(","))

@@ -66,7 +66,12 @@ def test_rerun_reuses_data(quick_run, capsys):
     from minillava.quickstart import prepare_data
     prepare_data(load_config("tiny", {"data_dir": str(out / "data"), "data_images": 60}), log=print)
     assert (out / "data" / "settings.json").stat().st_mtime == stamp
-    assert "scenes" not in capsys.readouterr().out
+    assert "scenes" not in (said := capsys.readouterr().out) and "instruction samples" not in said
+    # other teacher settings: the same scenes, the instructions made again (and back, for the tests after this one)
+    for occupied in (0.5, 0.0):
+        prepare_data(load_config("tiny", {"data_dir": str(out / "data"), "data_images": 60,
+                                          "teacher_occupied": occupied}), log=print)
+        assert "scenes" not in (said := capsys.readouterr().out) and "instruction samples" in said
 
 
 def test_interactive_chat_keeps_the_conversation(quick_run, monkeypatch, capsys):

@@ -19,10 +19,11 @@ def scenes():
     return [(record, layout) for record, layout, _ in generate_split(150, "test", seed=11)]
 
 
-def test_every_conversation_answer_matches_ground_truth(scenes):
+@pytest.mark.parametrize("occupied", [0.0, 1.0])
+def test_every_conversation_answer_matches_ground_truth(scenes, occupied):
     checked = 0
     for record, layout in scenes:
-        for qa in scene_questions(record, random.Random(record.image_id)):
+        for qa in scene_questions(record, random.Random(record.image_id), occupied):
             q = qa.question
             if m := re.fullmatch(r"How many (\w+) are there\?", q):
                 noun = m.group(1)
@@ -61,6 +62,19 @@ def test_every_conversation_answer_matches_ground_truth(scenes):
             assert qa.key in qa.answer.lower() or qa.kind == "count"
             checked += 1
     assert checked > 1000
+
+
+def test_what_is_at_asks_of_a_random_cell_by_default_and_of_an_occupied_one_as_often_as_asked(scenes):
+    def occupied_share(occupied):
+        asked = [qa for record, _ in scenes for seed in range(4)
+                 for qa in scene_questions(record, random.Random(f"{record.image_id}:{seed}"), occupied)
+                 if qa.question.startswith("What is at")]
+        return sum(qa.key != "nothing" for qa in asked) / len(asked)
+    cells = sum(len(layout) for _, layout in scenes) / (9 * len(scenes))  # the share of cells that hold an object
+    assert abs(occupied_share(0.0) - cells) < 0.06 and cells < 0.4  # a random cell: "nothing" is usually right
+    assert abs(occupied_share(0.5) - (0.5 + 0.5 * cells)) < 0.06 and occupied_share(1.0) == 1.0
+    record = scenes[0][0]  # the default draws nothing more: every question comes out as it did before the option
+    assert scene_questions(record, random.Random(3)) == scene_questions(record, random.Random(3), 0.0)
 
 
 def test_reasoning_answers_match_ground_truth(scenes):

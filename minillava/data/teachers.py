@@ -88,8 +88,12 @@ def _unique(record: ImageRecord, key) -> list[ObjectRecord]:
     return [o for o in record.objects if counts[key(o)] == 1]
 
 
-def scene_questions(record: ImageRecord, rng: random.Random) -> list[QA]:
-    """Every definite-answer question this teacher can ask about ``record``, in a shuffled order."""
+def scene_questions(record: ImageRecord, rng: random.Random, occupied: float = 0.0) -> list[QA]:
+    """Every definite-answer question this teacher can ask about ``record``, in a shuffled order.
+
+    "What is at the {position}?" asks of one of the nine cells drawn at random, or with chance ``occupied`` of one
+    that holds an object: with 1–4 objects a random cell is empty about three times in four, so data made with
+    ``occupied = 0`` rewards answering "nothing" without looking."""
     qas: list[QA] = []
     objs = record.objects
     categories = Counter(o.category for o in objs)
@@ -112,6 +116,8 @@ def scene_questions(record: ImageRecord, rng: random.Random) -> list[QA]:
         qas.append(QA(f"Where is the {name(obj)}?", f"The {name(obj)} is at the {pos}.", "position", pos))
     if has_attrs:
         pos = rng.choice(POSITIONS)
+        if occupied and rng.random() < occupied:  # drawn only when asked for: the default questions stay as they were
+            pos = position(rng.choice(objs), record)
         qas.append(what_is_at(record, pos))
         if (obj := object_at(record, pos)) is not None:
             qas.append(QA(f"What color is the shape at the {pos}?", f"The {obj.category} at the {pos} is {obj.color}.",
@@ -234,10 +240,10 @@ def reasoning_question(record: ImageRecord, rng: random.Random) -> QA:
 
 
 def rule_instructions(record: ImageRecord, response_type: str, rng: random.Random,
-                      max_turns: int = 4) -> list[tuple[str, str]]:
-    """(question, answer) turns of one sample of ``response_type`` for ``record``."""
+                      max_turns: int = 4, occupied: float = 0.0) -> list[tuple[str, str]]:
+    """(question, answer) turns of one sample of ``response_type`` for ``record`` (``occupied``: ``scene_questions``)."""
     if response_type == "conv":
-        qas = scene_questions(record, rng)
+        qas = scene_questions(record, rng, occupied)
         return [(q.question, q.answer) for q in qas[:rng.randint(min(2, len(qas)), min(max_turns, len(qas)))]]
     if response_type == "detail":
         return [(rng.choice(DETAIL_PROMPTS), describe_scene(record))]
@@ -248,13 +254,14 @@ def rule_instructions(record: ImageRecord, response_type: str, rng: random.Rando
 
 
 def generate_rule_instructions(records: list[ImageRecord], types=("conv", "detail", "complex"),
-                               seed: int = 0) -> list[dict]:
-    """LLaVA-format samples, one per (image, type); deterministic per seed and per image."""
+                               seed: int = 0, occupied: float = 0.0) -> list[dict]:
+    """LLaVA-format samples, one per (image, type); deterministic per seed and per image (``occupied``:
+    ``scene_questions``)."""
     samples = []
     for record in records:
         for response_type in types:
             rng = random.Random(f"{seed}:{record.image_id}:{response_type}")
-            turns = rule_instructions(record, response_type, rng)
+            turns = rule_instructions(record, response_type, rng, occupied=occupied)
             samples.append(make_sample(f"{record.image_id}_{response_type}", record.file_name, turns, response_type))
     return samples
 

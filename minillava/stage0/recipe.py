@@ -78,7 +78,7 @@ class Stage0Config:
     lm_drill_max_objects: int = 6
     lm_drill_in_cells: float = 0.2      # the share of phase 3's dialogues that are drill dialogues
     # phase 4, the review (``review``): the forms phase 3 leaves weakest, asked more often, at a lower lr. Off in
-    # the shipped recipe: it lifts text QA, but the quickstart on it was no better (benchmarks/README.md)
+    # the shipped recipe: it lifts text QA, but not clearly the quickstart (benchmarks/README.md)
     lm_review_steps: int = 0            # 0 = no review; 1500 was measured
     lm_review_batch: int = 32
     lm_review_lr: float = 5e-4

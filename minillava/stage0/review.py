@@ -9,8 +9,8 @@ does, one or two questions a dialogue, with a share of phase 3's own dialogues s
 lr is lower than phase 3's: it adjusts a trained LM, it does not start one.
 
 Measured (``benchmarks/README.md``, "Phase 4, the review"): text QA rises (occupied cell named 0.58 → 0.82, shape
-0.83 → 0.92, size 0.69 → 0.81; relations stay near 0.8), but the quickstart on the reviewed LM is no better, so the
-shipped recipe leaves it off (``lm_review_steps = 0``)."""
+0.83 → 0.92, size 0.69 → 0.81; relations stay near 0.8), but the quickstart on the reviewed LM is not clearly
+better (within a run's spread), so the shipped recipe leaves it off (``lm_review_steps = 0``)."""
 
 from __future__ import annotations
 
