@@ -19,7 +19,7 @@ from .data.heldout import coco_data
 from .data.llava_json import write_llava_json
 from .data.records import load_split
 from .data.shapes import write_shapes_dataset
-from .data.teachers import generate_rule_instructions
+from .data.teachers import generate_rule_instructions, instructions_file
 from .files import write_json
 from .paper import TABLE4_FULL
 from .train import run_stage
@@ -32,18 +32,15 @@ def prepare_data(cfg, log=print) -> Path:
     settings = {"images": cfg.data_images, "seed": cfg.seed, "size": cfg.image_size}
     if cfg.data_source == "shapes" and not (stamp.is_file() and json.loads(stamp.read_text()) == settings):
         counts = write_shapes_dataset(data_dir, cfg.data_images, cfg.seed, size_px=cfg.image_size)
-        (data_dir / f"instruct_{cfg.data_split}.json").unlink(missing_ok=True)  # made from the scenes replaced
+        for stale in data_dir.glob(f"instruct_{cfg.data_split}*.json"):  # made from the scenes replaced
+            stale.unlink()
         write_json(stamp, settings)  # last: scenes interrupted before here are made again
         log(f"data: {counts} scenes in {data_dir}")
-    instruct = data_dir / f"instruct_{cfg.data_split}.json"
-    teacher = instruct.with_suffix(".teacher.json")  # the teacher's settings: data made with others is made again
-    wanted = {"seed": cfg.seed, "occupied": cfg.teacher_occupied}
-    if not cfg.instruct_json and not (instruct.is_file() and teacher.is_file() and
-                                      json.loads(teacher.read_text()) == wanted):
+    instruct = instructions_file(data_dir, cfg.data_split, cfg.teacher_occupied)
+    if not cfg.instruct_json and not instruct.is_file():
         samples = generate_rule_instructions(load_split(data_dir, cfg.data_split), seed=cfg.seed,
                                              occupied=cfg.teacher_occupied)
         write_llava_json(instruct, samples)
-        write_json(teacher, wanted)  # last: instructions interrupted before here are made again
         log(f"data: {len(samples)} rule-teacher instruction samples in {instruct}")
     return data_dir
 

@@ -332,7 +332,7 @@ def stage_samples(cfg: Config, stage: int, data_dir: Path, split: str | None = N
     from .data.dataset import caption_samples
     from .data.llava_json import read_llava_json
     from .data.records import load_split
-    from .data.teachers import generate_rule_instructions
+    from .data.teachers import generate_rule_instructions, instructions_file
 
     split = split or cfg.data_split
     if stage == 1:
@@ -340,7 +340,7 @@ def stage_samples(cfg: Config, stage: int, data_dir: Path, split: str | None = N
     if split != cfg.data_split:
         return generate_rule_instructions(load_split(data_dir, split), seed=cfg.seed, occupied=cfg.teacher_occupied), \
             f"{data_dir} {split} rule"
-    path = cfg.instruct_json or str(data_dir / f"instruct_{cfg.data_split}.json")
+    path = cfg.instruct_json or str(instructions_file(data_dir, cfg.data_split, cfg.teacher_occupied))
     samples = read_llava_json(path)
     wanted = set(cfg.stage2_types.split(","))
     return [s for s in samples if s.get("type", "conv") in wanted], path

@@ -67,11 +67,12 @@ def test_rerun_reuses_data(quick_run, capsys):
     prepare_data(load_config("tiny", {"data_dir": str(out / "data"), "data_images": 60}), log=print)
     assert (out / "data" / "settings.json").stat().st_mtime == stamp
     assert "scenes" not in (said := capsys.readouterr().out) and "instruction samples" not in said
-    # other teacher settings: the same scenes, the instructions made again (and back, for the tests after this one)
-    for occupied in (0.5, 0.0):
-        prepare_data(load_config("tiny", {"data_dir": str(out / "data"), "data_images": 60,
-                                          "teacher_occupied": occupied}), log=print)
-        assert "scenes" not in (said := capsys.readouterr().out) and "instruction samples" in said
+    # another teacher setting: the same scenes, its instructions in a file of their own; the default's are kept
+    made = (out / "data" / "instruct_train.json").stat().st_mtime
+    prepare_data(load_config("tiny", {"data_dir": str(out / "data"), "data_images": 60, "teacher_occupied": 0.5}),
+                 log=print)
+    assert "scenes" not in (said := capsys.readouterr().out) and "instruct_train_occupied0.5.json" in said
+    assert (out / "data" / "instruct_train.json").stat().st_mtime == made
 
 
 def test_interactive_chat_keeps_the_conversation(quick_run, monkeypatch, capsys):

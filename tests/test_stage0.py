@@ -42,14 +42,13 @@ def test_the_fixed_position_code_gives_each_cell_its_own_vector_and_the_cls_toke
 
 
 def test_later_lm_phases_run_and_adding_them_one_by_one_equals_a_run_from_scratch(tmp_path, monkeypatch):
+    import minillava.stage0.lm as lm_module
     import minillava.stage0.recipe as recipe_module
-    import minillava.stage0.review as review_module
-    import minillava.stage0.vocab as vocab_module
 
     # the text-QA checks only report (what they measure is tested below); 60 questions keep this test short
     def fewer_questions(lm, tokenizer, scenes, max_questions=600, in_words=None):
         return text_qa_accuracy(lm, tokenizer, scenes, 60, in_words)
-    for module in (recipe_module, vocab_module, review_module):
+    for module in (recipe_module, lm_module):
         monkeypatch.setattr(module, "text_qa_accuracy", fewer_questions)
     cfg = Stage0Config(scenes=200, clip_steps=2, clip_batch=8, lm_steps=2, lm_batch=4, lm_focus_steps=2,
                        lm_focus_batch=4, lm_cells_steps=2, lm_cells_batch=4, lm_drill_steps=0, lm_review_steps=2,

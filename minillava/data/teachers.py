@@ -19,6 +19,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 
 from .llava_json import make_sample
 from .prompts import DETAIL_PROMPTS
@@ -251,6 +252,12 @@ def rule_instructions(record: ImageRecord, response_type: str, rng: random.Rando
         qa = reasoning_question(record, rng)
         return [(qa.question, qa.answer)]
     raise ValueError(f"unknown response type {response_type!r}; expected conv, detail or complex")
+
+
+def instructions_file(data_dir, split: str, occupied: float = 0.0) -> Path:
+    """Where the quickstart keeps the rule teacher's instructions for ``split``: ``instruct_{split}.json``, or with
+    ``occupied`` (``scene_questions``) a file of their own, so data made one way is never read as the other's."""
+    return Path(data_dir) / (f"instruct_{split}.json" if not occupied else f"instruct_{split}_occupied{occupied:g}.json")
 
 
 def generate_rule_instructions(records: list[ImageRecord], types=("conv", "detail", "complex"),

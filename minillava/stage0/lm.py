@@ -81,6 +81,19 @@ def fit_lm(lm, tokenizer, draw, rng: random.Random, *, steps: int, batch: int, l
     return lm
 
 
+def phase_report(stage: str, steps: int, lm, tokenizer, held_out=None, log=print, every: int = 500, in_words=None):
+    """``fit_lm``'s ``report`` for a chat-LM phase: the loss every 100 steps and at the last, and with ``held_out``
+    text-only QA on 300 questions every ``every`` steps and at the last (``in_words``: ``text_qa_accuracy``)."""
+    def report(step: int, loss: float) -> None:
+        if step % 100 == 0 or step == steps - 1:
+            row = {"stage": stage, "step": step, "loss": round(loss, 4)}
+            if held_out is not None and (step % every == 0 or step == steps - 1):
+                row["text_qa"] = {k: v["accuracy"] for k, v in
+                                  text_qa_accuracy(lm, tokenizer, held_out, 300, in_words).items()}
+            log(json.dumps(row))
+    return report
+
+
 def shared_prefix_loss(lm, items: list[dict], tokenizer) -> torch.Tensor:
     """Mean -log p over the answer tokens of ``items``: rows that open alike are grouped (a chat dialogue opens
     with BOS + system prompt, a stage-1 ``plain`` sample with its scene) and each group's common prefix runs
@@ -154,13 +167,7 @@ def focus_chat_lm(cfg, lm, scenes, tokenizer, held_out=None, log=print) -> Llama
     lm.to(torch.bfloat16).to(torch.float32)
     torch.manual_seed(cfg.seed + 2)
     steps = cfg.lm_focus_steps
-
-    def report(step: int, loss: float) -> None:
-        if step % 100 == 0 or step == steps - 1:
-            row = {"stage": "0b-focus", "step": step, "loss": round(loss, 4)}
-            if held_out is not None and (step % 200 == 0 or step == steps - 1):
-                row["text_qa"] = {k: v["accuracy"] for k, v in text_qa_accuracy(lm, tokenizer, held_out, 300).items()}
-            log(json.dumps(row))
+    report = phase_report("0b-focus", steps, lm, tokenizer, held_out, log, every=200)
     return fit_lm(lm, tokenizer,
                   lambda rng: (focus_sample if rng.random() < 0.7 else text_sample)(rng.choice(scenes)[0], rng),
                   random.Random(cfg.seed + 2), steps=steps, batch=cfg.lm_focus_batch, lr=cfg.lm_focus_lr,

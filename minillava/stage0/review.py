@@ -15,7 +15,6 @@ better (within a run's spread), so the shipped recipe leaves it off (``lm_review
 from __future__ import annotations
 
 import functools
-import json
 import random
 
 import torch
@@ -25,7 +24,7 @@ from ..conversation import IMAGE_TOKEN
 from ..data.grid import POSITIONS
 from ..data.llava_json import make_sample
 from ..data.teachers import QA, object_at, scene_questions, what_is_at
-from .lm import FOCUS_KINDS, fit_lm, text_qa_accuracy
+from .lm import FOCUS_KINDS, fit_lm, phase_report
 from .vocab import add_cell_words, cell_words_sample, has_cell_words, in_cell_words, scene_in_cell_words
 
 # the forms the review asks, and how often: "what_at" is "What is at the {position}?" with an occupied cell half
@@ -75,14 +74,7 @@ def review_chat_lm(cfg, lm, scenes, tokenizer, held_out=None, log=print) -> Llam
         add_cell_words(lm, tokenizer, where)
     steps = cfg.lm_review_steps
     kinds = FOCUS_KINDS + ("color",) * cfg.lm_cells_color
-
-    def report(step: int, loss: float) -> None:
-        if step % 100 == 0 or step == steps - 1:
-            row = {"stage": "0b-review", "step": step, "loss": round(loss, 4)}
-            if held_out is not None and (step % 500 == 0 or step == steps - 1):
-                row["text_qa"] = {k: v["accuracy"] for k, v in
-                                  text_qa_accuracy(lm, tokenizer, held_out, 300, in_words).items()}
-            log(json.dumps(row))
+    report = phase_report("0b-review", steps, lm, tokenizer, held_out, log, in_words=in_words)
 
     def draw(rng: random.Random) -> dict:
         record, layout = rng.choice(scenes)[:2]

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import random
 
 import torch
@@ -28,7 +27,7 @@ from ..conversation import IMAGE_TOKEN, get_template
 from ..data.grid import GRID, POSITIONS
 from ..data.llava_json import make_sample
 from ..data.shapes import COLORS, SHAPES, SIZES, Shape
-from .lm import FOCUS_KINDS, fit_lm, focus_sample, text_qa_accuracy, text_sample
+from .lm import FOCUS_KINDS, fit_lm, focus_sample, phase_report, text_sample
 
 # what a cell can hold: nothing, or one of 2 sizes × 6 colours × 6 shapes (73 in all)
 EMPTY_CELL = "<empty>"
@@ -115,14 +114,7 @@ def cell_words_chat_lm(cfg, lm, scenes, tokenizer, held_out=None, log=print, als
     if not has_cell_words(tokenizer, where):
         add_cell_words(lm, tokenizer, where)
     steps = cfg.lm_cells_steps
-
-    def report(step: int, loss: float) -> None:
-        if step % 100 == 0 or step == steps - 1:
-            row = {"stage": "0b-cells", "step": step, "loss": round(loss, 4)}
-            if held_out is not None and (step % 500 == 0 or step == steps - 1):
-                row["text_qa"] = {k: v["accuracy"] for k, v in
-                                  text_qa_accuracy(lm, tokenizer, held_out, 300, in_words).items()}
-            log(json.dumps(row))
+    report = phase_report("0b-cells", steps, lm, tokenizer, held_out, log, in_words=in_words)
     kinds = FOCUS_KINDS + ("color",) * cfg.lm_cells_color
 
     def draw(rng: random.Random) -> dict:
