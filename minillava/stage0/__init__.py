@@ -25,9 +25,11 @@ from .tower import CLIP_MEAN, CLIP_STD, grid_position_code, to_pixels, train_cli
 from .vocab import (EMPTY_CELL, WHATS, add_cell_words, cell_word, cell_words, cell_words_chat_lm, in_cell_words,
                     scene_in_cell_words)
 
-__all__ = ["CLIP_MEAN", "CLIP_STD", "EMPTY_CELL", "FOCUS_KINDS", "RECIPE_VERSIONS", "REVIEW_FORMS", "WHATS", "Stage0Config",
+__all__ = ["CLIP_MEAN", "CLIP_STD", "EMPTY_CELL", "FOCUS_KINDS", "RECIPE_VERSIONS", "REVIEW_FORMS", "WHATS",
+           "Stage0Config",
            "add_cell_words", "add_lm_phase", "cell_word", "cell_words", "cell_words_chat_lm", "colour_lookup_accuracy", "corpus",
            "drill_chat_lm", "drill_sample", "drill_scenes", "fit_lm", "grid_position_code",
-           "focus_chat_lm", "focus_sample", "in_cell_words", "probe_features", "recipe_scenes", "review_chat_lm", "review_sample", "run_stage0",
+           "focus_chat_lm", "focus_sample", "in_cell_words", "probe_features", "recipe_scenes", "review_chat_lm",
+           "review_sample", "run_stage0",
            "scene_in_cell_words", "scene_in_words", "shipped_file_hashes", "text_qa_accuracy", "text_qa_report",
            "text_sample", "to_pixels", "train_clip", "twin"]

@@ -243,7 +243,8 @@ def add_lm_phase(out_dir: str | Path, cfg: Stage0Config, log=print, device: str 
     Equal to ``run_stage0(out_dir, cfg)`` from scratch, because each phase starts from the LM before it rounded to
     bf16 — which is what the directory holds — and uses the same scenes and seeds (on the same kind of device); it
     saves the hour of retraining the tower and the earlier phases. Recipe 641b05a49ece's LM (mix first, no drills) got
-    its focus and cell-word phases this way (the latter on a GPU: ``device="cuda"``), recipe 11's its review."""
+    its focus and cell-word phases this way (the latter on a GPU: ``device="cuda"``), and the measured recipe-11 LM
+    its review (``benchmarks/README.md``)."""
     from transformers import AutoTokenizer
     out_dir = Path(out_dir)
     recipe = json.loads((out_dir / "recipe.json").read_text())

@@ -52,7 +52,7 @@ def review_sample(record, layout, rng: random.Random, where: bool = True) -> dic
         qa = review_question(record, rng, form)
         if qa is not None and qa.question not in {q for q, _ in turns}:
             turns.append((qa.question, qa.answer))
-    if not turns:  # a scene with none of the drawn forms (a one-object scene has no relation): ask where it is
+    if not turns:  # a scene with none of the drawn forms (a one-object scene has no relation): ask what is at a cell
         qa = review_question(record, rng, "what_at")
         turns.append((qa.question, qa.answer))
     sample = make_sample(f"review_{record.image_id}", record.file_name, turns)
