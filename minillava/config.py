@@ -53,6 +53,8 @@ class Config:
     # rule teacher: the chance that "What is at the {position}?" asks of an occupied cell, not a random one (most are
     # empty, so 0 rewards "nothing"); the held-out questions always ask of a random one (``data.teachers``)
     teacher_occupied: float = 0.0
+    # rule teacher: relations answered with the two objects' cells first, then the relation (a worked answer)
+    teacher_worked_relations: bool = False
     image_size: int = 96
     # model (§4.1)
     vision_name: str = "tiny"            # "tiny" (shipped stand-in) or a hub id / local directory

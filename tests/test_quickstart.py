@@ -72,6 +72,9 @@ def test_rerun_reuses_data(quick_run, capsys):
     prepare_data(load_config("tiny", {"data_dir": str(out / "data"), "data_images": 60, "teacher_occupied": 0.5}),
                  log=print)
     assert "scenes" not in (said := capsys.readouterr().out) and "instruct_train_occupied0.5.json" in said
+    prepare_data(load_config("tiny", {"data_dir": str(out / "data"), "data_images": 60,
+                                      "teacher_worked_relations": True}), log=print)
+    assert "instruct_train_worked.json" in capsys.readouterr().out
     assert (out / "data" / "instruct_train.json").stat().st_mtime == made
 
 

@@ -19,11 +19,11 @@ def scenes():
     return [(record, layout) for record, layout, _ in generate_split(150, "test", seed=11)]
 
 
-@pytest.mark.parametrize("occupied", [0.0, 1.0])
-def test_every_conversation_answer_matches_ground_truth(scenes, occupied):
+@pytest.mark.parametrize("occupied, worked", [(0.0, False), (1.0, False), (0.0, True)])
+def test_every_conversation_answer_matches_ground_truth(scenes, occupied, worked):
     checked = 0
     for record, layout in scenes:
-        for qa in scene_questions(record, random.Random(record.image_id), occupied):
+        for qa in scene_questions(record, random.Random(record.image_id), occupied, worked):
             q = qa.question
             if m := re.fullmatch(r"How many (\w+) are there\?", q):
                 noun = m.group(1)
@@ -57,6 +57,9 @@ def test_every_conversation_answer_matches_ground_truth(scenes, occupied):
                 (r1, c1), (r2, c2) = divmod(first.cell, 3), divmod(second.cell, 3)
                 assert ("above" in qa.key) == (r1 < r2) and ("below" in qa.key) == (r1 > r2)
                 assert ("left" in qa.key) == (c1 < c2) and ("right" in qa.key) == (c1 > c2)
+                worked_steps = (f"The {m.group(1)} {m.group(2)} is at the {first.position} and the {m.group(3)} "
+                                f"{m.group(4)} is at the {second.position}, so ")
+                assert qa.answer.startswith(worked_steps) == worked  # the two lookups first, when asked for
             else:
                 pytest.fail(f"question not covered by this test: {q}")
             assert qa.key in qa.answer.lower() or qa.kind == "count"
@@ -75,6 +78,15 @@ def test_what_is_at_asks_of_a_random_cell_by_default_and_of_an_occupied_one_as_o
     assert abs(occupied_share(0.5) - (0.5 + 0.5 * cells)) < 0.06 and occupied_share(1.0) == 1.0
     record = scenes[0][0]  # the default draws nothing more: every question comes out as it did before the option
     assert scene_questions(record, random.Random(3)) == scene_questions(record, random.Random(3), 0.0)
+
+
+def test_worked_relations_change_only_the_relation_answers(scenes):
+    for record, _ in scenes[:60]:
+        plain, worked = (scene_questions(record, random.Random(record.image_id), worked=w) for w in (False, True))
+        assert [(q.question, q.key, q.kind) for q in plain] == [(q.question, q.key, q.kind) for q in worked]
+        for p, w in zip(plain, worked):  # the worked answer ends with the plain one's relation sentence
+            assert (p.answer == w.answer) == (p.kind != "relation")
+            assert p.kind != "relation" or w.answer.endswith(", so t" + p.answer[1:])
 
 
 def test_reasoning_answers_match_ground_truth(scenes):

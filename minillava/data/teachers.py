@@ -89,12 +89,26 @@ def _unique(record: ImageRecord, key) -> list[ObjectRecord]:
     return [o for o in record.objects if counts[key(o)] == 1]
 
 
-def scene_questions(record: ImageRecord, rng: random.Random, occupied: float = 0.0) -> list[QA]:
+def relation_answer(first: ObjectRecord, second: ObjectRecord, record: ImageRecord, worked: bool = False) -> str:
+    """'The red circle is above the blue square.', or ``worked``: the two cells first, then the relation.
+
+    A relation is two lookups and a comparison. The worked answer says the lookups aloud, so each step is a short
+    one the model can learn on its own — the paper's reasoning-first order (§5.2, Table 8), on a small scale."""
+    rel = relation(first, second, record)
+    if not worked:
+        return f"The {name(first)} is {rel} the {name(second)}."
+    return (f"The {name(first)} is at the {position(first, record)} and the {name(second)} is at the "
+            f"{position(second, record)}, so the {name(first)} is {rel} the {name(second)}.")
+
+
+def scene_questions(record: ImageRecord, rng: random.Random, occupied: float = 0.0,
+                    worked: bool = False) -> list[QA]:
     """Every definite-answer question this teacher can ask about ``record``, in a shuffled order.
 
     "What is at the {position}?" asks of one of the nine cells drawn at random, or with chance ``occupied`` of one
     that holds an object: with 1–4 objects a random cell is empty about three times in four, so data made with
-    ``occupied = 0`` rewards answering "nothing" without looking."""
+    ``occupied = 0`` rewards answering "nothing" without looking. ``worked``: relations are answered with the two
+    cells first (``relation_answer``); the questions, keys and random draws are the same either way."""
     qas: list[QA] = []
     objs = record.objects
     categories = Counter(o.category for o in objs)
@@ -152,9 +166,8 @@ def scene_questions(record: ImageRecord, rng: random.Random, occupied: float = 0
     unique = _unique(record, name)
     if len(unique) >= 2:
         first, second = rng.sample(unique, 2)
-        rel = relation(first, second, record)
         qas.append(QA(f"Where is the {name(first)} relative to the {name(second)}?",
-                      f"The {name(first)} is {rel} the {name(second)}.", "relation", rel))
+                      relation_answer(first, second, record, worked), "relation", relation(first, second, record)))
     rng.shuffle(qas)
     return qas
 
@@ -240,11 +253,12 @@ def reasoning_question(record: ImageRecord, rng: random.Random) -> QA:
               f"That makes {number(total)} {color} {plural('shape', total)}.", "reasoning", number(total))
 
 
-def rule_instructions(record: ImageRecord, response_type: str, rng: random.Random,
-                      max_turns: int = 4, occupied: float = 0.0) -> list[tuple[str, str]]:
-    """(question, answer) turns of one sample of ``response_type`` for ``record`` (``occupied``: ``scene_questions``)."""
+def rule_instructions(record: ImageRecord, response_type: str, rng: random.Random, max_turns: int = 4,
+                      occupied: float = 0.0, worked: bool = False) -> list[tuple[str, str]]:
+    """(question, answer) turns of one sample of ``response_type`` for ``record`` (``occupied``, ``worked``:
+    ``scene_questions``)."""
     if response_type == "conv":
-        qas = scene_questions(record, rng, occupied)
+        qas = scene_questions(record, rng, occupied, worked)
         return [(q.question, q.answer) for q in qas[:rng.randint(min(2, len(qas)), min(max_turns, len(qas)))]]
     if response_type == "detail":
         return [(rng.choice(DETAIL_PROMPTS), describe_scene(record))]
@@ -254,21 +268,23 @@ def rule_instructions(record: ImageRecord, response_type: str, rng: random.Rando
     raise ValueError(f"unknown response type {response_type!r}; expected conv, detail or complex")
 
 
-def instructions_file(data_dir, split: str, occupied: float = 0.0) -> Path:
+def instructions_file(data_dir, split: str, occupied: float = 0.0, worked: bool = False) -> Path:
     """Where the quickstart keeps the rule teacher's instructions for ``split``: ``instruct_{split}.json``, or with
-    ``occupied`` (``scene_questions``) a file of their own, so data made one way is never read as the other's."""
-    return Path(data_dir) / (f"instruct_{split}.json" if not occupied else f"instruct_{split}_occupied{occupied:g}.json")
+    ``occupied`` or ``worked`` (``scene_questions``) a file of their own, so data made one way is never read as
+    another's."""
+    variant = (f"_occupied{occupied:g}" if occupied else "") + ("_worked" if worked else "")
+    return Path(data_dir) / f"instruct_{split}{variant}.json"
 
 
 def generate_rule_instructions(records: list[ImageRecord], types=("conv", "detail", "complex"),
-                               seed: int = 0, occupied: float = 0.0) -> list[dict]:
-    """LLaVA-format samples, one per (image, type); deterministic per seed and per image (``occupied``:
+                               seed: int = 0, occupied: float = 0.0, worked: bool = False) -> list[dict]:
+    """LLaVA-format samples, one per (image, type); deterministic per seed and per image (``occupied``, ``worked``:
     ``scene_questions``)."""
     samples = []
     for record in records:
         for response_type in types:
             rng = random.Random(f"{seed}:{record.image_id}:{response_type}")
-            turns = rule_instructions(record, response_type, rng, occupied=occupied)
+            turns = rule_instructions(record, response_type, rng, occupied=occupied, worked=worked)
             samples.append(make_sample(f"{record.image_id}_{response_type}", record.file_name, turns, response_type))
     return samples
 
