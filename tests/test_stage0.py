@@ -10,8 +10,8 @@ import torch
 
 from minillava.model.backbones import TINY_DIR, load_lm, load_vision
 from minillava.stage0 import (Stage0Config, add_cell_words, add_lm_phase, cell_words, colour_lookup_accuracy,
-                              grid_position_code, in_cell_words, probe_features, run_stage0, scene_in_cell_words,
-                              shipped_file_hashes, text_qa_accuracy, twin)
+                              grid_position_code, in_cell_words, probe_features, recipe_scenes, run_stage0,
+                              scene_in_cell_words, shipped_file_hashes, text_qa_accuracy, twin)
 from minillava.data.shapes import POSITIONS, generate_split
 
 
@@ -52,17 +52,18 @@ def test_later_lm_phases_run_and_adding_them_one_by_one_equals_a_run_from_scratc
         monkeypatch.setattr(module, "text_qa_accuracy", fewer_questions)
     cfg = Stage0Config(scenes=200, clip_steps=2, clip_batch=8, lm_steps=2, lm_batch=4, lm_focus_steps=2,
                        lm_focus_batch=4, lm_cells_steps=2, lm_cells_batch=4, lm_drill_steps=0, lm_review_steps=2,
-                       lm_review_batch=4)
-    no_review = dataclasses.replace(cfg, lm_review_steps=0)
+                       lm_review_batch=4, lm_binding_steps=2, lm_binding_batch=4)
+    no_binding = dataclasses.replace(cfg, lm_binding_steps=0)
+    no_review = dataclasses.replace(no_binding, lm_review_steps=0)
     no_cells = dataclasses.replace(no_review, lm_cells_steps=0)
     phase1 = dataclasses.replace(no_cells, lm_focus_steps=0)
-    assert len({cfg.hash(), no_review.hash(), no_cells.hash(), phase1.hash()}) == 4
+    assert len({cfg.hash(), no_binding.hash(), no_review.hash(), no_cells.hash(), phase1.hash()}) == 5
     recipe = run_stage0(tmp_path / "scratch", cfg, log=lambda s: None)
     assert set(recipe["text_qa_phase1"]) == set(recipe["text_qa"]) == set(recipe["text_qa_cells"])
-    assert min(recipe["seconds"][f"lm_{phase}"] for phase in ("focus", "cells", "review")) > 0
+    assert min(recipe["seconds"][f"lm_{phase}"] for phase in ("focus", "cells", "review", "binding")) > 0
     # the shortcut the shipped LM took: phase 1 saved (bf16), then each later phase alone — same weight files
     run_stage0(tmp_path / "steps", phase1, log=lambda s: None)
-    with pytest.raises(ValueError, match="without its review phase"):
+    with pytest.raises(ValueError, match="without its binding phase"):
         add_lm_phase(tmp_path / "steps", cfg, log=lambda s: None)  # the focus and cells phases must come first
     assert add_lm_phase(tmp_path / "steps", no_cells, log=lambda s: None)["config_hash"] == no_cells.hash()
     lm, tokenizer = load_lm(str(tmp_path / "steps" / "lm"))  # where each new cell word starts
@@ -75,6 +76,7 @@ def test_later_lm_phases_run_and_adding_them_one_by_one_equals_a_run_from_scratc
                               ("<center:empty>", "nothing", "center")]:
         assert torch.allclose(table[tokenizer.convert_tokens_to_ids(word)], mean(what) + mean(where))
     assert add_lm_phase(tmp_path / "steps", no_review, log=lambda s: None)["config_hash"] == no_review.hash()
+    assert add_lm_phase(tmp_path / "steps", no_binding, log=lambda s: None)["config_hash"] == no_binding.hash()
     continued = add_lm_phase(tmp_path / "steps", cfg, log=lambda s: None)
     assert continued["config_hash"] == cfg.hash() and continued["files"] == recipe["files"]
     lm, tokenizer = load_lm(str(tmp_path / "steps" / "lm"))
@@ -127,6 +129,34 @@ def test_the_lookup_drills_come_first_ask_one_question_on_busy_scenes_and_stay_i
     lm, tokenizer = load_lm(str(tmp_path / "lm"))
     assert lm.get_input_embeddings().weight.shape[0] == len(tokenizer)
     assert tokenizer.convert_tokens_to_ids(cell_words(True)[-1]) != tokenizer.unk_token_id
+
+
+def test_the_binding_phase_asks_only_of_objects_whose_shape_another_object_shares():
+    from minillava.stage0.binding import binding_questions, binding_sample
+    from minillava.data.teachers import scene_questions
+    scenes, _ = recipe_scenes(Stage0Config(scenes=300))
+    asked = 0
+    for record, layout, _ in scenes:
+        rng = random.Random(record.image_id)
+        questions = binding_questions(record, rng)
+        teacher = {(qa.question, qa.answer) for qa in scene_questions(record, random.Random(record.image_id))}
+        assert {(qa.question, qa.answer) for qa in questions} <= teacher  # the teacher's own questions and answers
+        for qa in questions:
+            color, shape = qa.question.split(" the ")[1].rstrip("?").split()[:2]
+            named = [o for o in layout if (o.color, o.shape) == (color, shape)]
+            assert qa.kind in ("position", "size", "relation") and len(named) == 1
+            assert any(o.shape == shape and o.color != color for o in layout)  # only colour tells it apart
+            asked += 1
+        # a uniquely named object whose shape another one has is always asked about, whatever the draw
+        pairs = [(o.color, o.shape) for o in layout]
+        expected = any(pairs.count((o.color, o.shape)) == 1 and any(p.shape == o.shape and p.color != o.color
+                                                                   for p in layout) for o in layout)
+        assert bool(questions) == expected
+        if questions:
+            sample = binding_sample(record, layout, random.Random(1))
+            assert sample["conversations"][0]["value"].startswith(scene_in_cell_words(layout, True))
+            assert 2 <= len(sample["conversations"]) <= 4
+    assert asked > 50
 
 
 def test_the_review_asks_what_is_in_an_occupied_cell_as_often_as_in_an_empty_one_and_the_weak_forms_more():
@@ -241,7 +271,7 @@ def test_a_config_that_leaves_a_later_addition_off_hashes_as_the_recipe_version_
 
     def version1_hash(cfg):  # the hash before any of the additions existed: the fields of version 1 only
         additions = ("lm_focus_", "lm_cells_", "lm_share_prefix", "bpe_template_weight", "lm_drill_",
-                     "clip_fixed_position", "lm_review_")
+                     "clip_fixed_position", "lm_review_", "lm_binding_")
         fields = {k: v for k, v in dataclasses.asdict(cfg).items() if not k.startswith(additions)}
         return hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
     phase1 = Stage0Config(lm_focus_steps=0, lm_cells_steps=0, lm_focus_lr=1.0, lm_cells_where=True, lm_drill_steps=0,
@@ -254,7 +284,8 @@ def test_a_config_that_leaves_a_later_addition_off_hashes_as_the_recipe_version_
     assert base.recipe_version() == 4
     for version, switch in [(5, {"lm_cells_color": True}), (6, {"lm_share_prefix": True}),  # 6: other rounding
                             (7, {"bpe_template_weight": 1}), (8, {"lm_drill_steps": 100}),
-                            (10, {"clip_fixed_position": 2.0}), (11, {"lm_review_steps": 100})]:
+                            (10, {"clip_fixed_position": 2.0}), (11, {"lm_review_steps": 100}),
+                            (12, {"lm_binding_steps": 100})]:
         cfg = dataclasses.replace(base, **switch)
         assert cfg.recipe_version() == version and cfg.hash() != base.hash(), switch
     drilled = dataclasses.replace(base, lm_drill_steps=100)

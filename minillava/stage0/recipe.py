@@ -3,7 +3,8 @@
 Stage 0 exists only for the tiny preset. LLaVA starts from released checkpoints (CLIP ViT-L/14 and Vicuna, §4.1);
 offline on a CPU we have neither, so ``run_stage0`` trains stand-ins on the embedded scenes: a byte-level BPE
 tokenizer on their text, the tiny CLIP (``tower``), then the chat LM: the lookup drills (``drill``), phases 1–3
-(``lm``, ``vocab``; the shipped recipe skips 1 and 2) and the review (``review``, off in the shipped recipe).
+(``lm``, ``vocab``; the shipped recipe skips 1 and 2), the review (``review``, off in the shipped recipe) and binding
+(``binding``).
 It writes both in bf16 with ``recipe.json``: the settings and their hash, the probe and text-QA checks, and the
 sha1 of every weight file. The result is shipped in ``minillava/assets/tiny``; ``minillava quickstart`` starts
 from it.
@@ -32,6 +33,7 @@ from ..model.backbones import image_processor_class, train_tiny_tokenizer
 from .drill import colour_lookup_accuracy, draw_drill, drill_chat_lm, drill_scenes, drilled_kinds
 from .lm import focus_chat_lm, new_chat_lm, text_qa_accuracy, train_chat_lm
 from .probes import probe_features
+from .binding import binding_chat_lm
 from .review import review_chat_lm
 from .tower import CLIP_MEAN, CLIP_STD, train_clip
 from .vocab import cell_words_chat_lm, in_cell_words
@@ -83,6 +85,12 @@ class Stage0Config:
     lm_review_batch: int = 32
     lm_review_lr: float = 5e-4
     lm_review_mix: float = 0.3          # the share of its dialogues that are phase 3's
+    # phase 5, binding (``binding``): questions that name an object whose shape another object shares, so only colour
+    # and shape together find it
+    lm_binding_steps: int = 0           # 0 = no binding phase
+    lm_binding_batch: int = 32
+    lm_binding_lr: float = 5e-4
+    lm_binding_mix: float = 0.3         # the share of its dialogues that are phase 3's
     # every chat-LM phase runs the batch's common system prompt once (same loss, fewer FLOPs; new rounding)
     lm_share_prefix: bool = True
     # the tokenizer's corpus holds the chat template this many times per scene (``corpus``); 0: once in all
@@ -121,6 +129,7 @@ RECIPE_VERSIONS = {
     9: ("lm_drill_size_steps", 0, "lm_drill_size_"),  # a size drill among them
     10: ("clip_fixed_position", 0.0, "clip_fixed_position"),  # the tower's position code fixed, not learned
     11: ("lm_review_steps", 0, "lm_review_"),       # phase 4: the review of the weakest question forms
+    12: ("lm_binding_steps", 0, "lm_binding_"),     # phase 5: find an object by colour and shape together
 }
 
 
@@ -185,6 +194,10 @@ def run_stage0(out_dir: str | Path, cfg: Stage0Config | None = None, log=print) 
         t = time.perf_counter()
         lm = review_chat_lm(cfg, lm, scenes, tokenizer, held_out, log)
         seconds["lm_review"] = time.perf_counter() - t
+    if cfg.lm_binding_steps:
+        t = time.perf_counter()
+        lm = binding_chat_lm(cfg, lm, scenes, tokenizer, held_out, log)
+        seconds["lm_binding"] = time.perf_counter() - t
     qa = text_qa_report(cfg, lm, tokenizer, held_out)
     log(json.dumps({"stage": "0b", **qa}))
 
@@ -237,8 +250,8 @@ def train_tower(out_dir: Path, cfg: Stage0Config, scenes, held_out, tokenizer, l
 
 
 def add_lm_phase(out_dir: str | Path, cfg: Stage0Config, log=print, device: str = "cpu") -> dict:
-    """Run only the last chat-LM phase ``cfg`` switches on (focus, cells, then review) on a recipe directory made by the
-    same config without it; its tower, tokenizer and earlier phases are kept.
+    """Run only the last chat-LM phase ``cfg`` switches on (focus, cells, review, then binding) on a recipe directory
+    made by the same config without it; its tower, tokenizer and earlier phases are kept.
 
     Equal to ``run_stage0(out_dir, cfg)`` from scratch, because each phase starts from the LM before it rounded to
     bf16 — which is what the directory holds — and uses the same scenes and seeds (on the same kind of device); it
@@ -248,7 +261,7 @@ def add_lm_phase(out_dir: str | Path, cfg: Stage0Config, log=print, device: str 
     from transformers import AutoTokenizer
     out_dir = Path(out_dir)
     recipe = json.loads((out_dir / "recipe.json").read_text())
-    phases = [name for name in ("focus", "cells", "review") if getattr(cfg, f"lm_{name}_steps")]
+    phases = [name for name in ("focus", "cells", "review", "binding") if getattr(cfg, f"lm_{name}_steps")]
     if not phases:
         raise ValueError(f"{out_dir}: this config has no chat-LM phase after phase 1 to add")
     last = phases[-1]
@@ -264,6 +277,8 @@ def add_lm_phase(out_dir: str | Path, cfg: Stage0Config, log=print, device: str 
         lm = focus_chat_lm(cfg, lm, scenes, tokenizer, held_out, log)
     elif last == "review":
         lm = review_chat_lm(cfg, lm, scenes, tokenizer, held_out, log)
+    elif last == "binding":
+        lm = binding_chat_lm(cfg, lm, scenes, tokenizer, held_out, log)
     else:
         also = drill_share(cfg, drill_scenes(cfg)) if cfg.lm_drill_steps else None
         lm = cell_words_chat_lm(cfg, lm, scenes, tokenizer, held_out, log, also)

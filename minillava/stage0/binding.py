@@ -1,0 +1,76 @@
+"""Stage 0b, phase 5, binding: find "the red circle" by its colour *and* its shape.
+
+The lookup drills start with "What color is the {shape}?" on scenes whose shapes are unique, so the chat LM learns
+to find an object by its shape word alone, and keeps doing so: reading the scene as cell words, the recipe-10 LM
+answers "Where is the {color} {shape}?" right every time unless another object of the scene has the same shape
+(a blue circle beside the asked red circle), and 0.72 of the time when one does; an object sharing only its colour
+does not confuse it (``benchmarks/README.md``, "Binding"). A relation is two such lookups, so it inherits the miss.
+This phase continues the LM on exactly those questions — the teacher's position, size and relation questions whose
+first named object shares its shape with another object — with a share of phase 3's dialogues so nothing else is
+forgotten, at the review's lower lr.
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+import re
+
+import torch
+from transformers import LlamaForCausalLM
+
+from ..conversation import IMAGE_TOKEN
+from ..data.llava_json import make_sample
+from ..data.records import ImageRecord
+from ..data.teachers import QA, scene_questions
+from .lm import FOCUS_KINDS, fit_lm, phase_report
+from .vocab import cell_words_sample, in_cell_words, scene_in_cell_words
+
+BINDING_KINDS = ("position", "size", "relation")  # the teacher's questions that name an object by colour and shape
+
+
+def shares_shape(question: str, record: ImageRecord) -> bool:
+    """Whether the object a question names first ("the red circle") has the shape of another object of the scene."""
+    named = re.match(r"(?:Where is|Is) the (\w+) (\w+)", question)
+    return bool(named) and any(o.category == named.group(2) and o.color != named.group(1) for o in record.objects)
+
+
+def binding_questions(record: ImageRecord, rng: random.Random) -> list[QA]:
+    """The teacher's questions about ``record`` (``scene_questions``) that only colour and shape together answer."""
+    return [qa for qa in scene_questions(record, rng) if qa.kind in BINDING_KINDS and shares_shape(qa.question, record)]
+
+
+def binding_sample(record: ImageRecord, layout, rng: random.Random, where: bool = True) -> dict:
+    """A dialogue of one or two ``binding_questions`` about the scene in cell words, in the stage-2 template."""
+    qas = binding_questions(record, rng)
+    turns = [(qa.question, qa.answer) for qa in rng.sample(qas, min(len(qas), rng.randint(1, 2)))]
+    sample = make_sample(f"binding_{record.image_id}", record.file_name, turns)
+    sample["conversations"][0]["value"] = sample["conversations"][0]["value"].replace(
+        IMAGE_TOKEN, scene_in_cell_words(layout, where))
+    return sample
+
+
+def binding_chat_lm(cfg, lm, scenes, tokenizer, held_out=None, log=print) -> LlamaForCausalLM:
+    """Phase 5: a fresh AdamW on ``binding_sample`` dialogues of the scenes that have such a question, and
+    ``lm_binding_mix`` of phase-3 dialogues. Like the review it starts from the LM before it rounded to bf16, so
+    ``add_lm_phase`` and a run from scratch take the same steps."""
+    lm.to(torch.bfloat16).to(torch.float32)
+    torch.manual_seed(cfg.seed + 11)
+    where = cfg.lm_cells_where
+    kinds = FOCUS_KINDS + ("color",) * cfg.lm_cells_color
+    # the question set does not depend on the draw: a uniquely named object that shares its shape is always asked
+    # where it is, so these are the scenes that have one
+    busy = [(record, layout) for record, layout, _ in scenes if binding_questions(record, random.Random(0))]
+    steps = cfg.lm_binding_steps
+    report = phase_report("0b-binding", steps, lm, tokenizer, held_out, log,
+                          in_words=functools.partial(in_cell_words, where=where))
+
+    def draw(rng: random.Random) -> dict:
+        if rng.random() < cfg.lm_binding_mix:
+            record, layout = rng.choice(scenes)[:2]
+            return cell_words_sample(record, layout, rng, where, kinds)
+        record, layout = rng.choice(busy)
+        return binding_sample(record, layout, rng, where)
+    return fit_lm(lm, tokenizer, draw, random.Random(cfg.seed + 11), steps=steps, batch=cfg.lm_binding_batch,
+                  lr=cfg.lm_binding_lr, warmup=0.05, max_length=cfg.max_length, desc="stage 0b: chat LM, binding",
+                  report=report, share_prefix=cfg.lm_share_prefix)
