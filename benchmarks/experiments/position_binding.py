@@ -33,7 +33,7 @@ def group(question: str, objects) -> str:
 
 
 def show(label: str, right: Counter, total: Counter) -> None:
-    print(f"{label:40s}" + "  ".join(f"{g}: {right[g]}/{total[g]} = {right[g] / max(total[g], 1):.2f}" for g in GROUPS))
+    print(f"{label:48s}" + "  ".join(f"{g}: {right[g]}/{total[g]} = {right[g] / max(total[g], 1):.2f}" for g in GROUPS))
 
 
 def text_split(lm, tokenizer, held_out, where: bool) -> tuple[Counter, Counter]:
