@@ -12,7 +12,7 @@ per part:
               (phase 1), then drilled on the kinds phase 1 leaves at the majority answer (phase 2, focus);
 - ``vocab``   phase 3: the scene as nine *cell words*, the text twin of the tower's nine patch tokens;
 - ``review``  phase 4 (recipe version 11, not shipped): the question forms phase 3 leaves weakest, asked more often;
-- ``binding`` phase 5 (recipe version 12): questions that only colour and shape together answer;
+- ``binding`` phase 5 (recipe version 12, not shipped): questions that only colour and shape together answer;
 - ``recipe``  the settings and their versioned hash, ``run_stage0`` and ``add_lm_phase``.
 """
 
@@ -29,7 +29,8 @@ from .vocab import (EMPTY_CELL, WHATS, add_cell_words, cell_word, cell_words, ce
 
 __all__ = ["CLIP_MEAN", "CLIP_STD", "EMPTY_CELL", "FOCUS_KINDS", "RECIPE_VERSIONS", "REVIEW_FORMS", "WHATS",
            "Stage0Config",
-           "add_cell_words", "binding_chat_lm", "binding_questions", "binding_sample", "add_lm_phase", "cell_word", "cell_words", "cell_words_chat_lm", "colour_lookup_accuracy", "corpus",
+           "add_cell_words", "add_lm_phase", "binding_chat_lm", "binding_questions", "binding_sample", "cell_word",
+           "cell_words", "cell_words_chat_lm", "colour_lookup_accuracy", "corpus",
            "drill_chat_lm", "drill_sample", "drill_scenes", "fit_lm", "grid_position_code",
            "focus_chat_lm", "focus_sample", "in_cell_words", "probe_features", "recipe_scenes", "review_chat_lm",
            "review_sample", "run_stage0",

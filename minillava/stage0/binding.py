@@ -4,7 +4,7 @@ The lookup drills start with "What color is the {shape}?" on scenes whose shapes
 to find an object by its shape word alone, and keeps doing so: reading the scene as cell words, the recipe-10 LM
 answers "Where is the {color} {shape}?" right every time unless another object of the scene has the same shape
 (a blue circle beside the asked red circle), and 0.72 of the time when one does; an object sharing only its colour
-does not confuse it (``benchmarks/README.md``, "Binding"). A relation is two such lookups, so it inherits the miss.
+does not confuse it (``benchmarks/README.md``, "Relations are two lookups"). A relation is two such lookups, so it inherits the miss.
 This phase continues the LM on exactly those questions — the teacher's position, size and relation questions whose
 first named object shares its shape with another object — with a share of phase 3's dialogues so nothing else is
 forgotten, at the review's lower lr.
