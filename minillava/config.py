@@ -55,6 +55,9 @@ class Config:
     teacher_occupied: float = 0.0
     # rule teacher: relations answered with the two objects' cells first, then the relation (a worked answer)
     teacher_worked_relations: bool = False
+    # rule teacher: a conversation sample asks 2 to this many of the scene's questions (LLaVA's conversations are
+    # multi-turn, §3)
+    teacher_max_turns: int = 4
     image_size: int = 96
     # model (§4.1)
     vision_name: str = "tiny"            # "tiny" (shipped stand-in) or a hub id / local directory
@@ -118,6 +121,9 @@ class Config:
                 raise ConfigError(f"config field '{name}' must not be negative, got {getattr(self, name)}")
         if not 0 <= self.teacher_occupied <= 1:
             raise ConfigError(f"config field 'teacher_occupied' is a chance, from 0 to 1; got {self.teacher_occupied}")
+        if self.teacher_max_turns < 2:
+            raise ConfigError(f"config field 'teacher_max_turns': a conversation has at least 2 turns; got "
+                              f"{self.teacher_max_turns}")
         if self.projector not in PROJECTORS:
             raise ConfigError(f"config field 'projector': unknown {self.projector!r}; expected {' or '.join(PROJECTORS)}")
         for name in ["stage1_template", "stage2_template"]:

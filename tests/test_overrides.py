@@ -41,3 +41,10 @@ def test_a_stage_is_named_directly_and_keeps_the_flat_fields():
         two.lr = 1.0  # a read-only view: change the flat field instead
     with pytest.raises(ValueError, match="stages 1 and 2"):
         cfg.stage(3)
+
+
+@pytest.mark.parametrize("override, message", [("teacher_occupied=1.5", "is a chance, from 0 to 1"),
+                                               ("teacher_max_turns=1", "at least 2 turns")])
+def test_teacher_settings_out_of_range_are_refused_by_name(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config("tiny", [override])

@@ -89,6 +89,17 @@ def test_worked_relations_change_only_the_relation_answers(scenes):
             assert p.kind != "relation" or w.answer.endswith(", so t" + p.answer[1:])
 
 
+def test_longer_conversations_ask_more_of_the_same_questions(scenes):
+    records = [r for r, _ in scenes[:60]]
+    short, long = (generate_rule_instructions(records, ("conv",), seed=3, max_turns=n) for n in (4, 16))
+    turns = [[len(s["conversations"]) // 2 for s in samples] for samples in (short, long)]
+    assert max(turns[0]) == 4 and max(turns[1]) > 4 and all(n >= 2 for n in turns[1])
+    for record, sample in zip(records, long):  # every question is one of the scene's, asked once
+        questions = [t["value"].removeprefix("<image>\n") for t in sample["conversations"][::2]]
+        asked = {q.question for q in scene_questions(record, random.Random(f"3:{record.image_id}:conv"))}
+        assert set(questions) <= asked and len(set(questions)) == len(questions)
+
+
 def test_reasoning_answers_match_ground_truth(scenes):
     for record, layout in scenes:
         qa = reasoning_question(record, random.Random(record.image_id))

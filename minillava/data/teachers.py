@@ -268,23 +268,25 @@ def rule_instructions(record: ImageRecord, response_type: str, rng: random.Rando
     raise ValueError(f"unknown response type {response_type!r}; expected conv, detail or complex")
 
 
-def instructions_file(data_dir, split: str, occupied: float = 0.0, worked: bool = False) -> Path:
+def instructions_file(data_dir, split: str, occupied: float = 0.0, worked: bool = False, max_turns: int = 4) -> Path:
     """Where the quickstart keeps the rule teacher's instructions for ``split``: ``instruct_{split}.json``, or with
     ``occupied`` or ``worked`` (``scene_questions``) a file of their own, so data made one way is never read as
     another's."""
-    variant = (f"_occupied{occupied:g}" if occupied else "") + ("_worked" if worked else "")
+    variant = (f"_occupied{occupied:g}" if occupied else "") + ("_worked" if worked else "") + \
+        (f"_turns{max_turns}" if max_turns != 4 else "")
     return Path(data_dir) / f"instruct_{split}{variant}.json"
 
 
 def generate_rule_instructions(records: list[ImageRecord], types=("conv", "detail", "complex"),
-                               seed: int = 0, occupied: float = 0.0, worked: bool = False) -> list[dict]:
+                               seed: int = 0, occupied: float = 0.0, worked: bool = False,
+                               max_turns: int = 4) -> list[dict]:
     """LLaVA-format samples, one per (image, type); deterministic per seed and per image (``occupied``, ``worked``:
     ``scene_questions``)."""
     samples = []
     for record in records:
         for response_type in types:
             rng = random.Random(f"{seed}:{record.image_id}:{response_type}")
-            turns = rule_instructions(record, response_type, rng, occupied=occupied, worked=worked)
+            turns = rule_instructions(record, response_type, rng, max_turns, occupied=occupied, worked=worked)
             samples.append(make_sample(f"{record.image_id}_{response_type}", record.file_name, turns, response_type))
     return samples
 
