@@ -58,6 +58,8 @@ class Config:
     # rule teacher: a conversation sample asks 2 to this many of the scene's questions (LLaVA's conversations are
     # multi-turn, §3)
     teacher_max_turns: int = 4
+    # rule teacher: a conversation asks first the questions only colour and shape together answer (needs_binding)
+    teacher_binding_first: bool = False
     image_size: int = 96
     # model (§4.1)
     vision_name: str = "tiny"            # "tiny" (shipped stand-in) or a hub id / local directory

@@ -37,11 +37,12 @@ def prepare_data(cfg, log=print) -> Path:
         write_json(stamp, settings)  # last: scenes interrupted before here are made again
         log(f"data: {counts} scenes in {data_dir}")
     instruct = instructions_file(data_dir, cfg.data_split, cfg.teacher_occupied, cfg.teacher_worked_relations,
-                                 cfg.teacher_max_turns)
+                                 cfg.teacher_max_turns, cfg.teacher_binding_first)
     if not cfg.instruct_json and not instruct.is_file():
         samples = generate_rule_instructions(load_split(data_dir, cfg.data_split), seed=cfg.seed,
                                              occupied=cfg.teacher_occupied, worked=cfg.teacher_worked_relations,
-                                             max_turns=cfg.teacher_max_turns)
+                                             max_turns=cfg.teacher_max_turns,
+                                             binding_first=cfg.teacher_binding_first)
         write_llava_json(instruct, samples)
         log(f"data: {len(samples)} rule-teacher instruction samples in {instruct}")
     return data_dir

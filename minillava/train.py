@@ -339,10 +339,12 @@ def stage_samples(cfg: Config, stage: int, data_dir: Path, split: str | None = N
         return caption_samples(load_split(data_dir, split), cfg.seed), f"{data_dir} {split} captions"
     if split != cfg.data_split:
         return generate_rule_instructions(load_split(data_dir, split), seed=cfg.seed, occupied=cfg.teacher_occupied,
-                                          worked=cfg.teacher_worked_relations, max_turns=cfg.teacher_max_turns), \
+                                          worked=cfg.teacher_worked_relations, max_turns=cfg.teacher_max_turns,
+                                          binding_first=cfg.teacher_binding_first), \
             f"{data_dir} {split} rule"
     path = cfg.instruct_json or str(instructions_file(data_dir, cfg.data_split, cfg.teacher_occupied,
-                                                      cfg.teacher_worked_relations, cfg.teacher_max_turns))
+                                                      cfg.teacher_worked_relations, cfg.teacher_max_turns,
+                                                      cfg.teacher_binding_first))
     samples = read_llava_json(path)
     wanted = set(cfg.stage2_types.split(","))
     return [s for s in samples if s.get("type", "conv") in wanted], path

@@ -9,7 +9,8 @@ from minillava.data.context import box_lines, normalised_box, symbolic_context
 from minillava.data.llava_json import read_llava_json, validate_sample, write_llava_json
 from minillava.data.records import ImageRecord, ObjectRecord
 from minillava.data.shapes import generate_split
-from minillava.data.teachers import describe_scene, generate_rule_instructions, reasoning_question, scene_questions
+from minillava.data.teachers import (describe_scene, generate_rule_instructions, needs_binding, reasoning_question,
+                                     scene_questions)
 
 WORD_TO_N = {"no": 0, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5}
 
@@ -98,6 +99,33 @@ def test_longer_conversations_ask_more_of_the_same_questions(scenes):
         questions = [t["value"].removeprefix("<image>\n") for t in sample["conversations"][::2]]
         asked = {q.question for q in scene_questions(record, random.Random(f"3:{record.image_id}:conv"))}
         assert set(questions) <= asked and len(set(questions)) == len(questions)
+
+
+def test_binding_first_conversations_always_ask_what_needs_colour_and_shape(scenes):
+    records = [r for r, _ in scenes]
+    plain, first = (generate_rule_instructions(records, ("conv",), seed=5, binding_first=b) for b in (False, True))
+    counted = []
+    for record, p, f in zip(records, plain, first):
+        rng = random.Random(f"5:{record.image_id}:conv")
+        qas = scene_questions(record, rng)
+        need = [qa.question for qa in qas if needs_binding(qa, record)]
+        asked = [t["value"].removeprefix("<image>\n") for t in f["conversations"][::2]]
+        assert asked[:len(need)] == need[:len(asked)]  # the binding questions come first, in their shuffled order
+        assert len(f["conversations"]) == len(p["conversations"])  # as many turns as without the option
+        counted.append((len(need), sum(needs_binding(qa, record) for qa in qas if qa.question in
+                                       [t["value"].removeprefix("<image>\n") for t in p["conversations"][::2]])))
+    assert sum(n for n, _ in counted) > 20 and sum(min(n, 2) for n, _ in counted) > sum(k for _, k in counted)
+
+
+def test_needs_binding_is_a_shared_shape_with_another_colour():
+    objs = [ObjectRecord("circle", (0, 0, 10, 10), {"color": "red", "size": "large"}),
+            ObjectRecord("circle", (70, 70, 10, 10), {"color": "blue", "size": "small"}),
+            ObjectRecord("square", (0, 70, 10, 10), {"color": "red", "size": "small"})]
+    record = ImageRecord(1, "x.png", 96, 96, [], objs)
+    kinds = {qa.question: needs_binding(qa, record) for qa in scene_questions(record, random.Random(0))}
+    assert kinds["Where is the red circle?"] and kinds["Is the blue circle large or small?"]
+    assert not kinds["Where is the red square?"] and not kinds["Is the red square large or small?"]
+    assert not kinds["What color is the square?"]
 
 
 def test_reasoning_answers_match_ground_truth(scenes):

@@ -17,6 +17,7 @@ exact-match evaluation checks.
 from __future__ import annotations
 
 import random
+import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,6 +83,17 @@ def what_is_at(record: ImageRecord, pos: str) -> QA:
     if obj is None:
         return QA(f"What is at the {pos}?", f"There is nothing at the {pos}.", "shape", "nothing")
     return QA(f"What is at the {pos}?", f"There is {a(describe(obj))} at the {pos}.", "shape", obj.category)
+
+
+BINDING_KINDS = ("position", "size", "relation")  # the questions that name an object by its colour and its shape
+
+
+def needs_binding(qa: QA, record: ImageRecord) -> bool:
+    """Whether ``qa`` names its (first) object by colour and shape, and another object of the scene has that shape:
+    a blue circle beside the asked red circle, so the shape word alone does not find the object."""
+    named = re.match(r"(?:Where is|Is) the (\w+) (\w+)", qa.question)
+    return qa.kind in BINDING_KINDS and bool(named) and \
+        any(o.category == named.group(2) and o.color != named.group(1) for o in record.objects)
 
 
 def _unique(record: ImageRecord, key) -> list[ObjectRecord]:
@@ -254,11 +266,14 @@ def reasoning_question(record: ImageRecord, rng: random.Random) -> QA:
 
 
 def rule_instructions(record: ImageRecord, response_type: str, rng: random.Random, max_turns: int = 4,
-                      occupied: float = 0.0, worked: bool = False) -> list[tuple[str, str]]:
+                      occupied: float = 0.0, worked: bool = False, binding_first: bool = False) -> list[tuple[str, str]]:
     """(question, answer) turns of one sample of ``response_type`` for ``record`` (``occupied``, ``worked``:
-    ``scene_questions``)."""
+    ``scene_questions``). ``binding_first``: a conversation asks the questions that ``needs_binding`` before the
+    others, so it always includes them."""
     if response_type == "conv":
         qas = scene_questions(record, rng, occupied, worked)
+        if binding_first:
+            qas.sort(key=lambda qa: not needs_binding(qa, record))  # stable: each group keeps its shuffled order
         return [(q.question, q.answer) for q in qas[:rng.randint(min(2, len(qas)), min(max_turns, len(qas)))]]
     if response_type == "detail":
         return [(rng.choice(DETAIL_PROMPTS), describe_scene(record))]
@@ -268,25 +283,27 @@ def rule_instructions(record: ImageRecord, response_type: str, rng: random.Rando
     raise ValueError(f"unknown response type {response_type!r}; expected conv, detail or complex")
 
 
-def instructions_file(data_dir, split: str, occupied: float = 0.0, worked: bool = False, max_turns: int = 4) -> Path:
+def instructions_file(data_dir, split: str, occupied: float = 0.0, worked: bool = False, max_turns: int = 4,
+                      binding_first: bool = False) -> Path:
     """Where the quickstart keeps the rule teacher's instructions for ``split``: ``instruct_{split}.json``, or with
     ``occupied`` or ``worked`` (``scene_questions``) a file of their own, so data made one way is never read as
     another's."""
     variant = (f"_occupied{occupied:g}" if occupied else "") + ("_worked" if worked else "") + \
-        (f"_turns{max_turns}" if max_turns != 4 else "")
+        (f"_turns{max_turns}" if max_turns != 4 else "") + ("_binding" if binding_first else "")
     return Path(data_dir) / f"instruct_{split}{variant}.json"
 
 
 def generate_rule_instructions(records: list[ImageRecord], types=("conv", "detail", "complex"),
                                seed: int = 0, occupied: float = 0.0, worked: bool = False,
-                               max_turns: int = 4) -> list[dict]:
+                               max_turns: int = 4, binding_first: bool = False) -> list[dict]:
     """LLaVA-format samples, one per (image, type); deterministic per seed and per image (``occupied``, ``worked``:
     ``scene_questions``)."""
     samples = []
     for record in records:
         for response_type in types:
             rng = random.Random(f"{seed}:{record.image_id}:{response_type}")
-            turns = rule_instructions(record, response_type, rng, max_turns, occupied=occupied, worked=worked)
+            turns = rule_instructions(record, response_type, rng, max_turns, occupied=occupied, worked=worked,
+                                      binding_first=binding_first)
             samples.append(make_sample(f"{record.image_id}_{response_type}", record.file_name, turns, response_type))
     return samples
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import functools
 import random
-import re
 
 import torch
 from transformers import LlamaForCausalLM
@@ -26,22 +25,13 @@ from transformers import LlamaForCausalLM
 from ..conversation import IMAGE_TOKEN
 from ..data.llava_json import make_sample
 from ..data.records import ImageRecord
-from ..data.teachers import QA, scene_questions
+from ..data.teachers import QA, needs_binding, scene_questions
 from .lm import FOCUS_KINDS, fit_lm, phase_report
 from .vocab import cell_words_sample, in_cell_words, scene_in_cell_words
 
-BINDING_KINDS = ("position", "size", "relation")  # the teacher's questions that name an object by colour and shape
-
-
-def shares_shape(question: str, record: ImageRecord) -> bool:
-    """Whether the object a question names first ("the red circle") has the shape of another object of the scene."""
-    named = re.match(r"(?:Where is|Is) the (\w+) (\w+)", question)
-    return bool(named) and any(o.category == named.group(2) and o.color != named.group(1) for o in record.objects)
-
-
 def binding_questions(record: ImageRecord, rng: random.Random) -> list[QA]:
     """The teacher's questions about ``record`` (``scene_questions``) that only colour and shape together answer."""
-    return [qa for qa in scene_questions(record, rng) if qa.kind in BINDING_KINDS and shares_shape(qa.question, record)]
+    return [qa for qa in scene_questions(record, rng) if needs_binding(qa, record)]
 
 
 def binding_sample(record: ImageRecord, layout, rng: random.Random, where: bool = True) -> dict:
