@@ -19,7 +19,7 @@ from .data.heldout import coco_data
 from .data.llava_json import write_llava_json
 from .data.records import load_split
 from .data.shapes import write_shapes_dataset
-from .data.teachers import generate_rule_instructions, instructions_file
+from .data.teachers import generate_rule_instructions, instructions_file, teacher_options
 from .files import write_json
 from .paper import TABLE4_FULL
 from .train import run_stage
@@ -36,13 +36,10 @@ def prepare_data(cfg, log=print) -> Path:
             stale.unlink()
         write_json(stamp, settings)  # last: scenes interrupted before here are made again
         log(f"data: {counts} scenes in {data_dir}")
-    instruct = instructions_file(data_dir, cfg.data_split, cfg.teacher_occupied, cfg.teacher_worked_relations,
-                                 cfg.teacher_max_turns, cfg.teacher_binding_first)
+    instruct = instructions_file(data_dir, cfg.data_split, **teacher_options(cfg))
     if not cfg.instruct_json and not instruct.is_file():
         samples = generate_rule_instructions(load_split(data_dir, cfg.data_split), seed=cfg.seed,
-                                             occupied=cfg.teacher_occupied, worked=cfg.teacher_worked_relations,
-                                             max_turns=cfg.teacher_max_turns,
-                                             binding_first=cfg.teacher_binding_first)
+                                             **teacher_options(cfg))
         write_llava_json(instruct, samples)
         log(f"data: {len(samples)} rule-teacher instruction samples in {instruct}")
     return data_dir

@@ -332,19 +332,15 @@ def stage_samples(cfg: Config, stage: int, data_dir: Path, split: str | None = N
     from .data.dataset import caption_samples
     from .data.llava_json import read_llava_json
     from .data.records import load_split
-    from .data.teachers import generate_rule_instructions, instructions_file
+    from .data.teachers import generate_rule_instructions, instructions_file, teacher_options
 
     split = split or cfg.data_split
     if stage == 1:
         return caption_samples(load_split(data_dir, split), cfg.seed), f"{data_dir} {split} captions"
     if split != cfg.data_split:
-        return generate_rule_instructions(load_split(data_dir, split), seed=cfg.seed, occupied=cfg.teacher_occupied,
-                                          worked=cfg.teacher_worked_relations, max_turns=cfg.teacher_max_turns,
-                                          binding_first=cfg.teacher_binding_first), \
+        return generate_rule_instructions(load_split(data_dir, split), seed=cfg.seed, **teacher_options(cfg)), \
             f"{data_dir} {split} rule"
-    path = cfg.instruct_json or str(instructions_file(data_dir, cfg.data_split, cfg.teacher_occupied,
-                                                      cfg.teacher_worked_relations, cfg.teacher_max_turns,
-                                                      cfg.teacher_binding_first))
+    path = cfg.instruct_json or str(instructions_file(data_dir, cfg.data_split, **teacher_options(cfg)))
     samples = read_llava_json(path)
     wanted = set(cfg.stage2_types.split(","))
     return [s for s in samples if s.get("type", "conv") in wanted], path

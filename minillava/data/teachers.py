@@ -283,10 +283,17 @@ def rule_instructions(record: ImageRecord, response_type: str, rng: random.Rando
     raise ValueError(f"unknown response type {response_type!r}; expected conv, detail or complex")
 
 
-def instructions_file(data_dir, split: str, occupied: float = 0.0, worked: bool = False, max_turns: int = 4,
+def teacher_options(cfg) -> dict:
+    """A Config's ``teacher_*`` fields as the keyword arguments of ``generate_rule_instructions`` and
+    ``instructions_file``."""
+    return {"occupied": cfg.teacher_occupied, "worked": cfg.teacher_worked_relations,
+            "max_turns": cfg.teacher_max_turns, "binding_first": cfg.teacher_binding_first}
+
+
+def instructions_file(data_dir, split: str, *, occupied: float = 0.0, worked: bool = False, max_turns: int = 4,
                       binding_first: bool = False) -> Path:
-    """Where the quickstart keeps the rule teacher's instructions for ``split``: ``instruct_{split}.json``, or with
-    ``occupied`` or ``worked`` (``scene_questions``) a file of their own, so data made one way is never read as
+    """Where the quickstart keeps the rule teacher's instructions for ``split``: ``instruct_{split}.json``, or made
+    with other settings (``rule_instructions``) a file of their own, so data made one way is never read as
     another's."""
     variant = (f"_occupied{occupied:g}" if occupied else "") + ("_worked" if worked else "") + \
         (f"_turns{max_turns}" if max_turns != 4 else "") + ("_binding" if binding_first else "")
