@@ -303,8 +303,8 @@ def instructions_file(data_dir, split: str, *, occupied: float = 0.0, worked: bo
 def generate_rule_instructions(records: list[ImageRecord], types=("conv", "detail", "complex"),
                                seed: int = 0, occupied: float = 0.0, worked: bool = False,
                                max_turns: int = 4, binding_first: bool = False) -> list[dict]:
-    """LLaVA-format samples, one per (image, type); deterministic per seed and per image (``occupied``, ``worked``:
-    ``scene_questions``)."""
+    """LLaVA-format samples, one per (image, type); deterministic per seed and per image (the teacher's settings:
+    ``rule_instructions``)."""
     samples = []
     for record in records:
         for response_type in types:
