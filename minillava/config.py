@@ -57,7 +57,7 @@ class Config:
     teacher_worked_relations: bool = False
     # rule teacher: a conversation sample asks 2 to this many of the scene's questions (LLaVA's conversations are
     # multi-turn, §3)
-    teacher_max_turns: int = 4
+    teacher_max_turns: int = 4           # = data.teachers.MAX_TURNS, whose data file has no suffix
     # rule teacher: a conversation asks first the questions only colour and shape together answer (needs_binding)
     teacher_binding_first: bool = False
     image_size: int = 96

@@ -85,6 +85,7 @@ def what_is_at(record: ImageRecord, pos: str) -> QA:
     return QA(f"What is at the {pos}?", f"There is {a(describe(obj))} at the {pos}.", "shape", obj.category)
 
 
+MAX_TURNS = 4  # a conversation sample asks 2 to this many of the scene's questions unless told otherwise
 BINDING_KINDS = ("position", "size", "relation")  # the questions that name an object by its colour and its shape
 
 
@@ -265,7 +266,7 @@ def reasoning_question(record: ImageRecord, rng: random.Random) -> QA:
               f"That makes {number(total)} {color} {plural('shape', total)}.", "reasoning", number(total))
 
 
-def rule_instructions(record: ImageRecord, response_type: str, rng: random.Random, max_turns: int = 4,
+def rule_instructions(record: ImageRecord, response_type: str, rng: random.Random, max_turns: int = MAX_TURNS,
                       occupied: float = 0.0, worked: bool = False, binding_first: bool = False) -> list[tuple[str, str]]:
     """(question, answer) turns of one sample of ``response_type`` for ``record`` (``occupied``, ``worked``:
     ``scene_questions``). ``binding_first``: a conversation asks the questions that ``needs_binding`` before the
@@ -290,19 +291,19 @@ def teacher_options(cfg) -> dict:
             "max_turns": cfg.teacher_max_turns, "binding_first": cfg.teacher_binding_first}
 
 
-def instructions_file(data_dir, split: str, *, occupied: float = 0.0, worked: bool = False, max_turns: int = 4,
-                      binding_first: bool = False) -> Path:
+def instructions_file(data_dir, split: str, *, occupied: float = 0.0, worked: bool = False,
+                      max_turns: int = MAX_TURNS, binding_first: bool = False) -> Path:
     """Where the quickstart keeps the rule teacher's instructions for ``split``: ``instruct_{split}.json``, or made
     with other settings (``rule_instructions``) a file of their own, so data made one way is never read as
     another's."""
     variant = (f"_occupied{occupied:g}" if occupied else "") + ("_worked" if worked else "") + \
-        (f"_turns{max_turns}" if max_turns != 4 else "") + ("_binding" if binding_first else "")
+        (f"_turns{max_turns}" if max_turns != MAX_TURNS else "") + ("_binding" if binding_first else "")
     return Path(data_dir) / f"instruct_{split}{variant}.json"
 
 
 def generate_rule_instructions(records: list[ImageRecord], types=("conv", "detail", "complex"),
                                seed: int = 0, occupied: float = 0.0, worked: bool = False,
-                               max_turns: int = 4, binding_first: bool = False) -> list[dict]:
+                               max_turns: int = MAX_TURNS, binding_first: bool = False) -> list[dict]:
     """LLaVA-format samples, one per (image, type); deterministic per seed and per image (the teacher's settings:
     ``rule_instructions``)."""
     samples = []
