@@ -17,7 +17,7 @@ from minillava.data.shapes import POSITIONS, generate_split
 
 def test_recipe_runs_a_few_steps_and_saves_loadable_backbones(tmp_path):
     cfg = Stage0Config(scenes=200, clip_steps=3, clip_batch=16, lm_steps=3, lm_batch=4, lm_focus_steps=0,
-                       lm_cells_steps=0, lm_drill_steps=0)
+                       lm_cells_steps=0, lm_drill_steps=0, lm_binding_steps=0)
     recipe = run_stage0(tmp_path, cfg, log=lambda s: None)
     assert recipe["config_hash"] == cfg.hash() and set(recipe["probes"]) >= {"color", "shape", "size", "occupied"}
     vision, processor = load_vision(str(tmp_path / "vision"))
@@ -105,7 +105,7 @@ def test_the_lookup_drills_come_first_ask_one_question_on_busy_scenes_and_stay_i
 
     cfg = Stage0Config(scenes=200, clip_steps=2, clip_batch=8, lm_steps=0, lm_focus_steps=0, lm_cells_steps=2,
                        lm_cells_batch=4, lm_drill_steps=2, lm_drill_position_steps=1, lm_drill_relation_steps=1,
-                       lm_drill_batch=4, lm_drill_in_cells=0.5)
+                       lm_drill_batch=4, lm_drill_in_cells=0.5, lm_binding_steps=0)
     busy = drill_scenes(cfg)
     assert len(busy) == cfg.scenes and all(3 <= len(layout) <= 6 for _, layout in busy)
     record, layout = busy[0]
@@ -276,11 +276,11 @@ def test_a_config_that_leaves_a_later_addition_off_hashes_as_the_recipe_version_
         return hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
     phase1 = Stage0Config(lm_focus_steps=0, lm_cells_steps=0, lm_focus_lr=1.0, lm_cells_where=True, lm_drill_steps=0,
                           lm_cells_color=False, lm_share_prefix=False, bpe_template_weight=0, clip_fixed_position=0.0,
-                          lm_review_steps=0)
+                          lm_review_steps=0, lm_binding_steps=0)
     assert phase1.recipe_version() == 1 and phase1.hash() == version1_hash(phase1)
     # version 4: cell words that name their cell; each later addition switched on alone is its own version
     base = Stage0Config(lm_cells_color=False, lm_share_prefix=False, bpe_template_weight=0, lm_drill_steps=0,
-                        clip_fixed_position=0.0, lm_review_steps=0)
+                        clip_fixed_position=0.0, lm_review_steps=0, lm_binding_steps=0)
     assert base.recipe_version() == 4
     for version, switch in [(5, {"lm_cells_color": True}), (6, {"lm_share_prefix": True}),  # 6: other rounding
                             (7, {"bpe_template_weight": 1}), (8, {"lm_drill_steps": 100}),

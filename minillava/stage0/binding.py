@@ -11,8 +11,8 @@ forgotten, at the review's lower lr.
 
 Measured (``benchmarks/README.md``): at 800 steps those questions go from 122 to 142 of 169 right in text (position
 0.93 → 0.98, relation 0.79 → 0.83), but the quickstart's image answers to them do not follow (44 → 42 of 64). At
-3,200 steps the LM reads size in text at 0.95 (from 0.66) and relations at 0.86, and its quickstarts lead the
-shipped LM's in relations by 0.08 on two seeds. The shipped backbones are made without it (``lm_binding_steps = 0``).
+3,200 steps (the shipped recipe) the LM reads size in text at 0.95 (from 0.66) and relations at 0.86, and its
+quickstarts lead those of the LM without it in relations by 0.08 on two seeds.
 """
 
 from __future__ import annotations

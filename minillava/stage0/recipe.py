@@ -87,7 +87,7 @@ class Stage0Config:
     lm_review_mix: float = 0.3          # the share of its dialogues that are phase 3's
     # phase 5, binding (``binding``): questions that name an object whose shape another object shares, so only colour
     # and shape together find it
-    lm_binding_steps: int = 0           # 0 = no binding phase; 800 was measured
+    lm_binding_steps: int = 3200        # 0 = no binding phase; 800 and 1,600 were measured too
     lm_binding_batch: int = 32
     lm_binding_lr: float = 5e-4
     lm_binding_mix: float = 0.3         # the share of its dialogues that are phase 3's
