@@ -136,3 +136,21 @@ def test_a_patch_projected_onto_its_own_cell_word_is_counted_right(scene_dir, mo
     assert rate == {"word": 1.0, "what": 1.0, "cell": 1.0, "n_objects": sum(len(r.objects) for r in records)}
     monkeypatch.setattr(model, "project", lambda z: torch.stack(truth[9:] + truth[:9]))  # every scene shifted by one
     assert nearest_cell_word_rate(model, processor, scene_dir)["word"] < 1.0
+
+
+def test_the_attention_figure_marks_an_answer_right_only_when_every_fact_it_states_is_true():
+    """The figure asks the colour of the shape at a cell; an answer that gets the colour but calls the shape something
+    else is not marked right (issue 25: figures show the model as it is)."""
+    from minillava.data.records import ImageRecord, ObjectRecord
+    from minillava.viz.figures import answer_verdict
+
+    circle = ObjectRecord("circle", (70.0, 6.0, 20.0, 20.0), {"color": "yellow", "size": "small"})
+    record = ImageRecord(1, "x.png", 96, 96, ["A small yellow circle at the top right."], [circle])
+    question = "What color is the shape at the top right?"
+    right = answer_verdict(record, question, "The circle at the top right is yellow.", width=500)
+    assert right.endswith("→ RIGHT (truth: yellow circle)")
+    half = answer_verdict(record, question, "The cross at the top right is yellow.", width=500)
+    assert half.endswith("→ colour RIGHT, shape WRONG (truth: yellow circle)")
+    wrong = answer_verdict(record, question, "The circle at the top right is red.", width=500)
+    assert wrong.endswith("→ WRONG (truth: yellow circle)")
+    assert answer_verdict(record, question, "It is yellow.", width=500).endswith("→ RIGHT (truth: yellow circle)")

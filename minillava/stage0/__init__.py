@@ -12,7 +12,7 @@ per part:
               (phase 1), then drilled on the kinds phase 1 leaves at the majority answer (phase 2, focus);
 - ``vocab``   phase 3: the scene as nine *cell words*, the text twin of the tower's nine patch tokens;
 - ``review``  phase 4 (recipe version 11, not shipped): the question forms phase 3 leaves weakest, asked more often;
-- ``binding`` phase 5 (recipe version 12, not shipped): questions that only colour and shape together answer;
+- ``binding`` phase 5 (recipe version 12): questions that only colour and shape together answer;
 - ``recipe``  the settings and their versioned hash, ``run_stage0`` and ``add_lm_phase``.
 """
 

@@ -3,8 +3,8 @@
 Stage 0 exists only for the tiny preset. LLaVA starts from released checkpoints (CLIP ViT-L/14 and Vicuna, §4.1);
 offline on a CPU we have neither, so ``run_stage0`` trains stand-ins on the embedded scenes: a byte-level BPE
 tokenizer on their text, the tiny CLIP (``tower``), then the chat LM: the lookup drills (``drill``), phases 1–3
-(``lm``, ``vocab``; the shipped recipe skips 1 and 2), the review (``review``) and binding (``binding``), both off in
-the shipped recipe.
+(``lm``, ``vocab``; the shipped recipe skips 1 and 2), the review (``review``, off in the shipped recipe) and binding
+(``binding``).
 It writes both in bf16 with ``recipe.json``: the settings and their hash, the probe and text-QA checks, and the
 sha1 of every weight file. The result is shipped in ``minillava/assets/tiny``; ``minillava quickstart`` starts
 from it.

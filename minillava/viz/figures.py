@@ -65,14 +65,19 @@ def probe_question(record) -> str:
 
 
 def answer_verdict(record, question: str, answer: str, width: int = 36) -> str:
-    """The answer, wrapped to fit a panel title, marked right or wrong against the scene's ground truth (the asked
-    object's colour); COCO objects have no colour, so their answers are shown unmarked."""
+    """The answer, wrapped to fit a panel title, marked against the scene's ground truth: right only when the asked
+    object's colour is right and any shape the answer names is that object's ("The cross ... is yellow" of a yellow
+    circle gets the colour and not the shape). COCO objects have no colour, so their answers are shown unmarked."""
+    import re
     import textwrap
 
     obj = record.objects[0] if record.objects else None
     if obj is not None and obj.color:
-        right = answer_is_correct(QA(question, "", "color", obj.color), answer)
-        answer = f"{answer}  → {'RIGHT' if right else 'WRONG'} (truth: {obj.color})"
+        colour_right = answer_is_correct(QA(question, "", "color", obj.color), answer)
+        named = {shape for shape in SHAPES if re.search(rf"\b{shape}s?\b", answer.lower())}
+        shape_right = named <= {obj.category}
+        verdict = "RIGHT" if colour_right and shape_right else "colour RIGHT, shape WRONG" if colour_right else "WRONG"
+        answer = f"{answer}  → {verdict} (truth: {obj.color} {obj.category})"
     return textwrap.fill(f"Q: {question}  A: {answer}", width)
 
 
