@@ -11,7 +11,7 @@ import torch
 from ..data.records import image_path, load_split
 from ..data.grid import GRID, cell_of_box
 from ..data.shapes import COLORS, SHAPES
-from ..data.teachers import QA, answer_is_correct, position
+from ..data.teachers import QA, answer_is_correct, position, stated_answer
 from ..inference import pixels_for
 from .attention import aggregate, answer_attention, draw_heatmap, object_attention_ratio, vision_cls_attention
 from .projector import modality_gap, nearest_words, pca_map, projector_spectrum
@@ -68,14 +68,12 @@ def answer_verdict(record, question: str, answer: str, width: int = 36) -> str:
     """The answer, wrapped to fit a panel title, marked against the scene's ground truth: right only when the asked
     object's colour is right and any shape the answer names is that object's ("The cross ... is yellow" of a yellow
     circle gets the colour and not the shape). COCO objects have no colour, so their answers are shown unmarked."""
-    import re
     import textwrap
 
     obj = record.objects[0] if record.objects else None
     if obj is not None and obj.color:
         colour_right = answer_is_correct(QA(question, "", "color", obj.color), answer)
-        named = {shape for shape in SHAPES if re.search(rf"\b{shape}s?\b", answer.lower())}
-        shape_right = named <= {obj.category}
+        shape_right = stated_answer("shape", answer) in ("", obj.category)  # '' = the answer names no shape
         verdict = "RIGHT" if colour_right and shape_right else "colour RIGHT, shape WRONG" if colour_right else "WRONG"
         answer = f"{answer}  → {verdict} (truth: {obj.color} {obj.category})"
     return textwrap.fill(f"Q: {question}  A: {answer}", width)
