@@ -77,6 +77,8 @@ class Config:
     stage1_batch: int = 64
     stage1_lr: float = 2e-3
     stage1_template: str = "plain"
+    # stage 1 also reads each embedded scene cell by cell, empty cells included (data.teachers.cell_by_cell; ours)
+    stage1_cell_captions: bool = False
     # stage 2: end-to-end instruction tuning (§4.2)
     stage2_steps: int = 1500            # measured with a 200-step stage 1: all 0.794 (1,300: 0.786; 1,800: 0.789)
     stage2_batch: int = 32

@@ -336,7 +336,8 @@ def stage_samples(cfg: Config, stage: int, data_dir: Path, split: str | None = N
 
     split = split or cfg.data_split
     if stage == 1:
-        return caption_samples(load_split(data_dir, split), cfg.seed), f"{data_dir} {split} captions"
+        return caption_samples(load_split(data_dir, split), cfg.seed, cells=cfg.stage1_cell_captions), \
+            f"{data_dir} {split} captions"
     if split != cfg.data_split:
         return generate_rule_instructions(load_split(data_dir, split), seed=cfg.seed, **teacher_options(cfg)), \
             f"{data_dir} {split} rule"

@@ -191,3 +191,25 @@ def test_real_coco_records_degrade_to_counts_and_positions():
     samples = generate_rule_instructions([record])
     for i, s in enumerate(samples):
         validate_sample(s, f"record {i}")
+
+
+def test_a_cell_by_cell_caption_names_every_cell_in_reading_order_and_stage_1_adds_it_only_when_asked(scenes):
+    from minillava.data.dataset import caption_samples
+    from minillava.data.grid import POSITIONS
+    from minillava.data.teachers import cell_by_cell, object_at
+
+    objs = [ObjectRecord("circle", (0, 0, 20, 20), {"color": "red", "size": "large"}),
+            ObjectRecord("star", (70, 70, 20, 20), {"color": "blue", "size": "small"})]
+    caption = cell_by_cell(ImageRecord(1, "x.png", 96, 96, [], objs))
+    assert caption.startswith("Top left: a large red circle. Top center: nothing. ")
+    assert caption.endswith("Bottom center: nothing. Bottom right: a small blue star.")
+    records = [r for r, _ in scenes]
+    for record in records[:20]:
+        lines = cell_by_cell(record).split(". ")
+        assert len(lines) == 9 and [line.split(":")[0].lower() for line in lines] == list(POSITIONS)
+        assert sum("nothing" not in line for line in lines) == len(record.objects)
+        assert all((object_at(record, pos) is None) == ("nothing" in line) for pos, line in zip(POSITIONS, lines))
+    plain, with_cells = caption_samples(records, seed=3), caption_samples(records, seed=3, cells=True)
+    assert with_cells[:len(plain)] == plain  # the captions and their prompts are the same either way
+    added = with_cells[len(plain):]
+    assert len(added) == len(records) and added[0]["conversations"][1]["value"] == cell_by_cell(records[0])

@@ -18,11 +18,20 @@ from .prompts import BRIEF_PROMPTS
 from .records import DataError, ImageRecord
 
 
-def caption_samples(records: list[ImageRecord], seed: int = 0) -> list[dict]:
-    """Stage 1 (§4.2): each image with a random brief prompt and one of its captions as the answer."""
+def caption_samples(records: list[ImageRecord], seed: int = 0, cells: bool = False) -> list[dict]:
+    """Stage 1 (§4.2): each image with a random brief prompt and one of its captions as the answer.
+
+    ``cells``: one more sample per embedded scene whose answer names what stands in every cell
+    (``teachers.cell_by_cell``); an addition of ours, not the paper's (COCO images have no grid to name)."""
+    from .teachers import cell_by_cell
+
     rng = random.Random(seed)
-    return [make_sample(f"{r.image_id}_cap{i}", r.file_name, [(rng.choice(BRIEF_PROMPTS), caption)])
-            for r in records for i, caption in enumerate(r.captions)]
+    samples = [make_sample(f"{r.image_id}_cap{i}", r.file_name, [(rng.choice(BRIEF_PROMPTS), caption)])
+               for r in records for i, caption in enumerate(r.captions)]
+    if cells:  # drawn after the captions' prompts, so those are the same either way
+        samples += [make_sample(f"{r.image_id}_cells", r.file_name, [(rng.choice(BRIEF_PROMPTS), cell_by_cell(r))])
+                    for r in records if r.objects and all(o.color for o in r.objects)]
+    return samples
 
 
 def load_image(path: Path):

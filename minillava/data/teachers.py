@@ -77,6 +77,14 @@ def object_at(record: ImageRecord, pos: str) -> ObjectRecord | None:
     return next((o for o in record.objects if position(o, record) == pos), None)
 
 
+def cell_by_cell(record: ImageRecord) -> str:
+    """What stands in each of the nine cells, row by row, empty ones included — the caption twin of the chat LM's
+    cell words: "Top left: a large red circle. Top center: nothing. ..." Going from a named cell to its content is
+    the lookup "What is at the {position}?" needs, and no other caption asks it of every cell."""
+    return " ".join(f"{pos[0].upper()}{pos[1:]}: {a(describe(obj)) if (obj := object_at(record, pos)) else 'nothing'}."
+                    for pos in POSITIONS)
+
+
 def what_is_at(record: ImageRecord, pos: str) -> QA:
     """'What is at the {pos}?', answered with the object there or 'nothing' (a ``shape`` question)."""
     obj = object_at(record, pos)
