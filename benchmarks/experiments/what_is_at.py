@@ -30,9 +30,9 @@ tmpl = get_template("vicuna_v1", tok)
 
 
 @torch.no_grad()
-def decision(record, question, forced):
-    """Next-token distribution after ``forced`` and that position's attention share per image cell (9,)."""
-    z = model.image_features(pixels_for(processor, [image_path(run / "data", record)]))
+def decision(z, question, forced):
+    """Next-token distribution after ``forced`` and that position's attention share per image cell (9,).
+    ``z``: the scene's Z_v, (1, N, Dv)."""
     prompt = prompt_ids(f"{IMAGE_TOKEN}\n{question}", tok, tmpl, image_tokens=model.num_image_tokens)
     ids = torch.cat([prompt, torch.tensor(tok(forced, add_special_tokens=False)["input_ids"])])[None]
     with eager_attention(model.lm):
@@ -47,11 +47,12 @@ def first(word):
 
 
 records = load_split(run / "data", "test")[:200]
+features = {r.file_name: model.image_features(pixels_for(processor, [image_path(run / "data", r)])) for r in records}
 rows = {"occupied": [], "empty": []}
 for r in records:
     for pos in POSITIONS:
         obj = object_at(r, pos)
-        p, share = decision(r, f"What is at the {pos}?", "There is")
+        p, share = decision(features[r.file_name], f"What is at the {pos}?", "There is")
         cell = POSITIONS.index(pos)
         others = [cell_of_box(o.bbox, r.width, r.height) for o in r.objects if o is not obj]  # occupied, not named
         rows["occupied" if obj else "empty"].append((p[first("a")].item(), p[first("nothing")].item(), share[cell].item(),
@@ -65,7 +66,7 @@ where = []
 for r in records:
     for o in r.objects:
         pos = POSITIONS[cell_of_box(o.bbox, r.width, r.height)]
-        _, share = decision(r, f"Where is the {describe(o, with_size=False)}?",
+        _, share = decision(features[r.file_name], f"Where is the {describe(o, with_size=False)}?",
                             f"The {describe(o, with_size=False)} is at the")
         where.append(share[POSITIONS.index(pos)].item())
 print(f"Where is, the token naming the cell, n={len(where)}: attention share on the object's cell "

@@ -16,6 +16,7 @@ from ..conversation import IGNORE_INDEX, IMAGE_TOKEN, Template, tokenize_convers
 from .llava_json import make_sample
 from .prompts import BRIEF_PROMPTS
 from .records import DataError, ImageRecord
+from .teachers import cell_by_cell
 
 
 def caption_samples(records: list[ImageRecord], seed: int = 0, cells: bool = False) -> list[dict]:
@@ -23,8 +24,6 @@ def caption_samples(records: list[ImageRecord], seed: int = 0, cells: bool = Fal
 
     ``cells``: one more sample per embedded scene whose answer names what stands in every cell
     (``teachers.cell_by_cell``); an addition of ours, not the paper's (COCO images have no grid to name)."""
-    from .teachers import cell_by_cell
-
     rng = random.Random(seed)
     samples = [make_sample(f"{r.image_id}_cap{i}", r.file_name, [(rng.choice(BRIEF_PROMPTS), caption)])
                for r in records for i, caption in enumerate(r.captions)]
