@@ -55,6 +55,8 @@ class Config:
     teacher_occupied: float = 0.0
     # rule teacher: relations answered with the two objects' cells first, then the relation (a worked answer)
     teacher_worked_relations: bool = False
+    # rule teacher: "What is at the {position}?" answered with every object's cell first, then what is there
+    teacher_worked_what_at: bool = False
     # rule teacher: a conversation sample asks 2 to this many of the scene's questions (LLaVA's conversations are
     # multi-turn, §3)
     teacher_max_turns: int = 4           # = data.teachers.MAX_TURNS, whose data file has no suffix

@@ -75,6 +75,9 @@ def test_rerun_reuses_data(quick_run, capsys):
     prepare_data(load_config("tiny", {"data_dir": str(out / "data"), "data_images": 60,
                                       "teacher_worked_relations": True}), log=print)
     assert "instruct_train_worked.json" in capsys.readouterr().out
+    prepare_data(load_config("tiny", {"data_dir": str(out / "data"), "data_images": 60,
+                                      "teacher_worked_what_at": True}), log=print)
+    assert "instruct_train_workedat.json" in capsys.readouterr().out
     prepare_data(load_config("tiny", {"data_dir": str(out / "data"), "data_images": 60, "teacher_max_turns": 8}),
                  log=print)
     assert "instruct_train_turns8.json" in capsys.readouterr().out

@@ -6,11 +6,12 @@ import re
 import pytest
 
 from minillava.data.context import box_lines, normalised_box, symbolic_context
+from minillava.data.grid import POSITIONS
 from minillava.data.llava_json import read_llava_json, validate_sample, write_llava_json
 from minillava.data.records import ImageRecord, ObjectRecord
 from minillava.data.shapes import generate_split
-from minillava.data.teachers import (describe_scene, generate_rule_instructions, needs_binding, reasoning_question,
-                                     scene_questions)
+from minillava.data.teachers import (answer_is_correct, describe_scene, generate_rule_instructions, needs_binding,
+                                     reasoning_question, scene_questions, stated_answer, what_is_at)
 
 WORD_TO_N = {"no": 0, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5}
 
@@ -88,6 +89,38 @@ def test_worked_relations_change_only_the_relation_answers(scenes):
         for p, w in zip(plain, worked):  # the worked answer ends with the plain one's relation sentence
             assert (p.answer == w.answer) == (p.kind != "relation")
             assert p.kind != "relation" or w.answer.endswith(", so t" + p.answer[1:])
+
+
+def test_worked_what_is_at_lists_every_object_in_its_cell_then_answers_as_before(scenes):
+    for record, layout in scenes[:60]:
+        plain, worked = (scene_questions(record, random.Random(record.image_id), worked_what_at=w)
+                         for w in (False, True))
+        assert [(q.question, q.key, q.kind) for q in plain] == [(q.question, q.key, q.kind) for q in worked]
+        for p, w in zip(plain, worked):
+            assert (p.answer == w.answer) == (not p.question.startswith("What is at"))
+            if p.answer != w.answer:
+                steps, answer = w.answer.split(", so ")
+                what, cell = re.fullmatch(r"There is (.+) at the ([\w ]+)\.", p.answer).groups()
+                assert answer == f"at the {cell} there is {what}."  # the plain answer's object and cell come last
+                listed = sorted(layout, key=lambda o: o.cell)  # every object, in reading order, in its own cell
+                cells = "|".join(sorted(POSITIONS, key=len, reverse=True))
+                assert [m.groups() for m in re.finditer(rf"at the ({cells}) there is an? (\w+) (\w+) (\w+)", steps,
+                                                        re.IGNORECASE)] == \
+                    [(o.position, o.size, o.color, o.shape) for o in listed]
+
+
+def test_a_worked_answer_is_judged_by_what_it_concludes():
+    record = ImageRecord(1, "s.png", 96, 96, [], [
+        ObjectRecord("circle", (0, 0, 30, 30), {"color": "red", "size": "large"}),
+        ObjectRecord("square", (64, 64, 30, 30), {"color": "blue", "size": "small"})])
+    empty, occupied = what_is_at(record, "center", worked=True), what_is_at(record, "top left", worked=True)
+    assert (empty.key, occupied.key) == ("nothing", "circle")
+    assert answer_is_correct(empty, empty.answer) and stated_answer("shape", empty.answer) == "nothing"
+    assert answer_is_correct(occupied, occupied.answer) and stated_answer("shape", occupied.answer) == "circle"
+    # the steps name two shapes, the conclusion one: a wrong conclusion is wrong whatever the steps say
+    wrong = occupied.answer.replace("there is a large red circle.", "there is nothing.")
+    assert not answer_is_correct(occupied, wrong) and stated_answer("shape", wrong) == "nothing"
+    assert not answer_is_correct(occupied, "There is a large red circle and a small blue square at the top left.")
 
 
 def test_longer_conversations_ask_more_of_the_same_questions(scenes):

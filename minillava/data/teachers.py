@@ -85,12 +85,22 @@ def cell_by_cell(record: ImageRecord) -> str:
                     for pos in POSITIONS)
 
 
-def what_is_at(record: ImageRecord, pos: str) -> QA:
-    """'What is at the {pos}?', answered with the object there or 'nothing' (a ``shape`` question)."""
+def what_is_at(record: ImageRecord, pos: str, worked: bool = False) -> QA:
+    """'What is at the {pos}?', answered with the object there or 'nothing' (a ``shape`` question).
+
+    ``worked``: every object in its cell first, then the answer — "At the top center there is a large red circle
+    and at the bottom left there is a small blue square, so at the top left there is nothing." Going from a named
+    cell to what stands there is a lookup the image model does not learn; going from each object to its cell it
+    does (position questions), so the worked answer turns the one into the other, reasoning first (§5.2, Table 8).
+    The cell comes before its object so that the last step copies what followed the asked cell's name."""
     obj = object_at(record, pos)
-    if obj is None:
-        return QA(f"What is at the {pos}?", f"There is nothing at the {pos}.", "shape", "nothing")
-    return QA(f"What is at the {pos}?", f"There is {a(describe(obj))} at the {pos}.", "shape", obj.category)
+    what = a(describe(obj)) if obj else "nothing"
+    if not worked:
+        return QA(f"What is at the {pos}?", f"There is {what} at the {pos}.", "shape", obj.category if obj else "nothing")
+    ordered = sorted(record.objects, key=lambda o: POSITIONS.index(position(o, record)))
+    listed = join_words([f"at the {position(o, record)} there is {a(describe(o))}" for o in ordered])
+    return QA(f"What is at the {pos}?", f"A{listed[1:]}, so at the {pos} there is {what}.", "shape",
+              obj.category if obj else "nothing")
 
 
 MAX_TURNS = 4  # a conversation sample asks 2 to this many of the scene's questions unless told otherwise
@@ -123,13 +133,14 @@ def relation_answer(first: ObjectRecord, second: ObjectRecord, record: ImageReco
 
 
 def scene_questions(record: ImageRecord, rng: random.Random, occupied: float = 0.0,
-                    worked: bool = False) -> list[QA]:
+                    worked: bool = False, worked_what_at: bool = False) -> list[QA]:
     """Every definite-answer question this teacher can ask about ``record``, in a shuffled order.
 
     "What is at the {position}?" asks of one of the nine cells drawn at random, or with chance ``occupied`` of one
     that holds an object: with 1–4 objects a random cell is empty about three times in four, so data made with
     ``occupied = 0`` rewards answering "nothing" without looking. ``worked``: relations are answered with the two
-    cells first (``relation_answer``); the questions, keys and random draws are the same either way."""
+    cells first (``relation_answer``); ``worked_what_at``: "What is at" with every object's cell first
+    (``what_is_at``); the questions, keys and random draws are the same either way."""
     qas: list[QA] = []
     objs = record.objects
     categories = Counter(o.category for o in objs)
@@ -154,7 +165,7 @@ def scene_questions(record: ImageRecord, rng: random.Random, occupied: float = 0
         pos = rng.choice(POSITIONS)
         if occupied and rng.random() < occupied:  # drawn only when asked for: the default questions stay as they were
             pos = position(rng.choice(objs), record)
-        qas.append(what_is_at(record, pos))
+        qas.append(what_is_at(record, pos, worked_what_at))
         if (obj := object_at(record, pos)) is not None:
             qas.append(QA(f"What color is the shape at the {pos}?", f"The {obj.category} at the {pos} is {obj.color}.",
                           "color", obj.color))
@@ -275,12 +286,13 @@ def reasoning_question(record: ImageRecord, rng: random.Random) -> QA:
 
 
 def rule_instructions(record: ImageRecord, response_type: str, rng: random.Random, max_turns: int = MAX_TURNS,
-                      occupied: float = 0.0, worked: bool = False, binding_first: bool = False) -> list[tuple[str, str]]:
-    """(question, answer) turns of one sample of ``response_type`` for ``record`` (``occupied``, ``worked``:
-    ``scene_questions``). ``binding_first``: a conversation asks the questions that ``needs_binding`` before the
+                      occupied: float = 0.0, worked: bool = False, binding_first: bool = False,
+                      worked_what_at: bool = False) -> list[tuple[str, str]]:
+    """(question, answer) turns of one sample of ``response_type`` for ``record`` (``occupied``, ``worked``,
+    ``worked_what_at``: ``scene_questions``). ``binding_first``: a conversation asks the questions that ``needs_binding`` before the
     others, so it always includes them."""
     if response_type == "conv":
-        qas = scene_questions(record, rng, occupied, worked)
+        qas = scene_questions(record, rng, occupied, worked, worked_what_at)
         if binding_first:
             qas.sort(key=lambda qa: not needs_binding(qa, record))  # stable: each group keeps its shuffled order
         return [(q.question, q.answer) for q in qas[:rng.randint(min(2, len(qas)), min(max_turns, len(qas)))]]
@@ -296,22 +308,25 @@ def teacher_options(cfg) -> dict:
     """A Config's ``teacher_*`` fields as the keyword arguments of ``generate_rule_instructions`` and
     ``instructions_file``."""
     return {"occupied": cfg.teacher_occupied, "worked": cfg.teacher_worked_relations,
-            "max_turns": cfg.teacher_max_turns, "binding_first": cfg.teacher_binding_first}
+            "max_turns": cfg.teacher_max_turns, "binding_first": cfg.teacher_binding_first,
+            "worked_what_at": cfg.teacher_worked_what_at}
 
 
 def instructions_file(data_dir, split: str, *, occupied: float = 0.0, worked: bool = False,
-                      max_turns: int = MAX_TURNS, binding_first: bool = False) -> Path:
+                      max_turns: int = MAX_TURNS, binding_first: bool = False, worked_what_at: bool = False) -> Path:
     """Where the quickstart keeps the rule teacher's instructions for ``split``: ``instruct_{split}.json``, or made
     with other settings (``rule_instructions``) a file of their own, so data made one way is never read as
     another's."""
     variant = (f"_occupied{occupied:g}" if occupied else "") + ("_worked" if worked else "") + \
-        (f"_turns{max_turns}" if max_turns != MAX_TURNS else "") + ("_binding" if binding_first else "")
+        (f"_turns{max_turns}" if max_turns != MAX_TURNS else "") + ("_binding" if binding_first else "") + \
+        ("_workedat" if worked_what_at else "")
     return Path(data_dir) / f"instruct_{split}{variant}.json"
 
 
 def generate_rule_instructions(records: list[ImageRecord], types=("conv", "detail", "complex"),
                                seed: int = 0, occupied: float = 0.0, worked: bool = False,
-                               max_turns: int = MAX_TURNS, binding_first: bool = False) -> list[dict]:
+                               max_turns: int = MAX_TURNS, binding_first: bool = False,
+                               worked_what_at: bool = False) -> list[dict]:
     """LLaVA-format samples, one per (image, type); deterministic per seed and per image (the teacher's settings:
     ``rule_instructions``)."""
     samples = []
@@ -319,7 +334,7 @@ def generate_rule_instructions(records: list[ImageRecord], types=("conv", "detai
         for response_type in types:
             rng = random.Random(f"{seed}:{record.image_id}:{response_type}")
             turns = rule_instructions(record, response_type, rng, max_turns, occupied=occupied, worked=worked,
-                                      binding_first=binding_first)
+                                      binding_first=binding_first, worked_what_at=worked_what_at)
             samples.append(make_sample(f"{record.image_id}_{response_type}", record.file_name, turns, response_type))
     return samples
 
@@ -348,15 +363,21 @@ def _normalise(text: str) -> str:
     return " " + " ".join(text.lower().replace(".", " ").replace(",", " ").replace("?", " ").split()) + " "
 
 
+def conclusion(text: str) -> str:
+    """The answer a worked answer comes to: what follows its last ", so " ("There is a red circle at the top
+    center, so there is nothing at the top left." → "there is nothing at the top left."); else all of ``text``."""
+    return text.rsplit(", so ", 1)[-1]
+
+
 def stated_answer(kind: str, text: str) -> str:
     """What ``text`` answers, in the key's vocabulary: 'large', 'top left', 'above and to the left of';
     '' when it names no candidate, several joined by ' | ' when it names more than one.
 
     Used to see *what* a model says, right or wrong: a model that answers 'large' to every size question has
     learned the answer's form, not to look (``eval.accuracy.answer_habits``). Reasoning answers have no fixed
-    vocabulary and give ''.
+    vocabulary and give ''. A worked answer is read from its ``conclusion``.
     """
-    words = _normalise(text)
+    words = _normalise(conclusion(text))
     if kind == "position":
         return " | ".join(sorted(positions_in(words)))
     if kind == "relation":  # directions in the order the teacher writes them: vertical, then horizontal
@@ -371,15 +392,16 @@ def answer_is_correct(qa: QA, text: str) -> bool:
 
     "The circle is red." is right for key "red"; "It is red or blue." is wrong. Positions match as whole
     phrases, longest first ("bottom center" is not also "center"); relations must name exactly the key's
-    directions; a "how many" reasoning answer is judged by its last number word, a yes/no one by its first word.
+    directions; a worked answer (its lookups first, then ", so " and the answer) is judged by its ``conclusion``;
+    a "how many" reasoning answer is judged by its last number word, a yes/no one by its first word.
     """
-    words = _normalise(text)
+    candidates = KEY_WORDS.get(qa.kind)
+    words = _normalise(text if candidates is None else conclusion(text))
     if qa.kind == "position":
         return positions_in(words) == {qa.key}
     if qa.kind == "relation":
         found = {r for r in KEY_WORDS["relation"] if f" {r} " in words}
         return found == {r for r in KEY_WORDS["relation"] if r in qa.key}
-    candidates = KEY_WORDS.get(qa.kind)
     if candidates is None:  # reasoning: a number comes last (after the steps), a yes/no verdict comes first
         tokens = words.split()
         if "how many" in qa.question.lower():
