@@ -9,7 +9,10 @@ generated for one occupied and one empty cell of 200 scenes (``SCENES``) (list r
 teacher-forced with the right list and with the list changed (the asked object left out; an object listed at an
 empty cell): p(" a"/" an") against p(" nothing"). Saves the LM (bf16, with the tokenizer) to OUT_DIR for a
 quickstart (`lm_name=OUT_DIR teacher_worked_what_at=true`).
-Usage: python benchmarks/experiments/worked_what_at_lm.py THREADS OUT_DIR STEPS [LR] [MIX] [SCENES]
+``COPY`` (default 0): that share of the dialogues gives the list and not the scene — "At the top center there is a
+large red circle and .... What is at the top left?" answered "At the top left there is nothing." — so only the list
+can answer, and the step that copies from it is the one to learn.
+Usage: python benchmarks/experiments/worked_what_at_lm.py THREADS OUT_DIR STEPS [LR] [MIX] [SCENES] [COPY]
 """
 import functools
 import json
@@ -35,6 +38,7 @@ out, steps = sys.argv[2], int(sys.argv[3])
 lr = float(sys.argv[4]) if len(sys.argv) > 4 else 5e-4
 mix = float(sys.argv[5]) if len(sys.argv) > 5 else 0.3
 checked = int(sys.argv[6]) if len(sys.argv) > 6 else 200  # held-out scenes for the generated and forced checks
+copy = float(sys.argv[7]) if len(sys.argv) > 7 else 0.0
 cfg = Stage0Config()
 where = cfg.lm_cells_where
 scenes, held_out = recipe_scenes(cfg)
@@ -55,9 +59,16 @@ def asked_cell(record, rng: random.Random) -> str:
 
 def draw(rng: random.Random) -> dict:
     record, layout = rng.choice(scenes)[:2]
-    if rng.random() < mix:
+    roll = rng.random()
+    if roll < mix:
         return cell_words_sample(record, layout, rng, where, FOCUS_KINDS + ("color",) * cfg.lm_cells_color)
     qa = what_is_at(record, asked_cell(record, rng), worked=True)
+    if roll < mix + copy:  # the list, not the scene: only the list can answer
+        listed, answer = qa.answer.rsplit(", so ", 1)
+        sample = make_sample(f"copy_{record.image_id}", record.file_name,
+                             [(f"{listed}. {qa.question}", f"A{answer[1:]}")])
+        sample["conversations"][0]["value"] = sample["conversations"][0]["value"].replace(f"{IMAGE_TOKEN}\n", "")
+        return sample
     sample = make_sample(f"workedat_{record.image_id}", record.file_name, [(qa.question, qa.answer)])
     sample["conversations"][0]["value"] = sample["conversations"][0]["value"].replace(
         IMAGE_TOKEN, scene_in_cell_words(layout, where))
@@ -107,7 +118,8 @@ def measure(tag: str) -> None:
                     some = p[ids_of["a"]] + p[ids_of["an"]]
                     forced[key].append((some / (some + p[ids_of["nothing"]])).item())
     print(json.dumps({"tag": tag, "text_qa": {k: v["accuracy"] for k, v in qa_text.items()},
-                      "worked_generated": {k: f"list {v[0]}/{v[2]}, answer {v[1]}/{v[2]}" for k, v in generated.items()},
+                      "worked_generated": {k: f"list {v[0]}/{v[2]}, answer {v[1]}/{v[2]}"
+                                           for k, v in generated.items()},
                       "forced_p_object": {k: round(statistics.mean(v), 3) for k, v in forced.items()}}), flush=True)
     lm.train()
 

@@ -4,8 +4,9 @@ A quickstart trained with ``teacher_worked_what_at=true`` answers "What is at th
 there is a large red circle and at the bottom left there is a small blue square, so at the top left there is nothing."
 (``data.teachers.what_is_at``; an earlier form, not kept, put the object first: "There is a large red circle at the
 top center and ..., so there is nothing at the top left."). This reads each such answer of the run's ``answers.jsonl``
-(held-out test scenes) and counts, against the scene's ground truth, whether the list names every object in its own cell and nothing else,
-and whether the conclusion follows from the list (what the list puts at the asked cell, or "nothing").
+(held-out test scenes) and counts, against the scene's ground truth, whether the list names every object in its own
+cell and nothing else, and whether the conclusion follows from the list (what the list puts at the asked cell, or
+"nothing").
 Usage: python benchmarks/experiments/worked_what_at_steps.py RUN_DIR
 """
 import json

@@ -92,15 +92,16 @@ def what_is_at(record: ImageRecord, pos: str, worked: bool = False) -> QA:
     and at the bottom left there is a small blue square, so at the top left there is nothing." Going from a named
     cell to what stands there is a lookup the image model does not learn; going from each object to its cell it
     does (position questions), so the worked answer turns the one into the other, reasoning first (§5.2, Table 8).
-    The cell comes before its object so that the last step copies what followed the asked cell's name."""
+    The cell comes before its object, so the last step can copy what followed the asked cell's name; measured, the
+    quickstart model writes the list right but does not read it (``benchmarks/README.md``), so the option is off."""
     obj = object_at(record, pos)
     what = a(describe(obj)) if obj else "nothing"
-    if not worked:
-        return QA(f"What is at the {pos}?", f"There is {what} at the {pos}.", "shape", obj.category if obj else "nothing")
-    ordered = sorted(record.objects, key=lambda o: POSITIONS.index(position(o, record)))
-    listed = join_words([f"at the {position(o, record)} there is {a(describe(o))}" for o in ordered])
-    return QA(f"What is at the {pos}?", f"A{listed[1:]}, so at the {pos} there is {what}.", "shape",
-              obj.category if obj else "nothing")
+    answer = f"There is {what} at the {pos}."
+    if worked:
+        ordered = sorted(record.objects, key=lambda o: POSITIONS.index(position(o, record)))
+        listed = join_words([f"at the {position(o, record)} there is {a(describe(o))}" for o in ordered])
+        answer = f"A{listed[1:]}, so at the {pos} there is {what}."
+    return QA(f"What is at the {pos}?", answer, "shape", obj.category if obj else "nothing")
 
 
 MAX_TURNS = 4  # a conversation sample asks 2 to this many of the scene's questions unless told otherwise
@@ -289,8 +290,8 @@ def rule_instructions(record: ImageRecord, response_type: str, rng: random.Rando
                       occupied: float = 0.0, worked: bool = False, binding_first: bool = False,
                       worked_what_at: bool = False) -> list[tuple[str, str]]:
     """(question, answer) turns of one sample of ``response_type`` for ``record`` (``occupied``, ``worked``,
-    ``worked_what_at``: ``scene_questions``). ``binding_first``: a conversation asks the questions that ``needs_binding`` before the
-    others, so it always includes them."""
+    ``worked_what_at``: ``scene_questions``). ``binding_first``: a conversation asks the questions that
+    ``needs_binding`` before the others, so it always includes them."""
     if response_type == "conv":
         qas = scene_questions(record, rng, occupied, worked, worked_what_at)
         if binding_first:
@@ -364,8 +365,8 @@ def _normalise(text: str) -> str:
 
 
 def conclusion(text: str) -> str:
-    """The answer a worked answer comes to: what follows its last ", so " ("There is a red circle at the top
-    center, so there is nothing at the top left." → "there is nothing at the top left."); else all of ``text``."""
+    """The answer a worked answer comes to: what follows its last ", so " ("At the top center there is a red
+    circle, so at the top left there is nothing." → "at the top left there is nothing."); else all of ``text``."""
     return text.rsplit(", so ", 1)[-1]
 
 

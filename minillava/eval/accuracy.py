@@ -84,7 +84,7 @@ def evaluate_exact(model, processor, rows: list[tuple[ImageRecord, QA]], image_r
         chunk = rows[i:i + batch_size]
         texts = answer_batch(model, [qa.question for _, qa in chunk],
                              image_features=torch.stack([features[r.file_name] for r, _ in chunk]),
-                             max_new_tokens=64)  # a worked answer lists up to four objects first (≤ 50 tokens)
+                             max_new_tokens=64)  # a worked answer lists up to four objects first (≤ 57 tokens)
         for (record, qa), text in zip(chunk, texts):
             ok = answer_is_correct(qa, text)
             hits[qa.kind].append(ok)
