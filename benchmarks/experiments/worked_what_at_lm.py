@@ -31,6 +31,7 @@ from minillava.data.words import a, join_words
 from minillava.model.backbones import load_lm
 from minillava.stage0 import Stage0Config, in_cell_words, recipe_scenes, text_qa_accuracy
 from minillava.stage0.lm import FOCUS_KINDS, fit_lm
+from minillava.stage0.review import what_at_cell
 from minillava.stage0.vocab import cell_words_sample, scene_in_cell_words
 
 torch.set_num_threads(int(sys.argv[1]))
@@ -51,18 +52,12 @@ template = get_template("vicuna_v1")
 ids_of = {w: tokenizer(" " + w, add_special_tokens=False)["input_ids"][0] for w in ("a", "an", "nothing")}
 
 
-def asked_cell(record, rng: random.Random) -> str:
-    occupied = [p for p in POSITIONS if object_at(record, p) is not None]
-    empty = [p for p in POSITIONS if p not in occupied]
-    return rng.choice(occupied if occupied and (rng.random() < 0.5 or not empty) else empty)
-
-
 def draw(rng: random.Random) -> dict:
     record, layout = rng.choice(scenes)[:2]
     roll = rng.random()
     if roll < mix:
         return cell_words_sample(record, layout, rng, where, FOCUS_KINDS + ("color",) * cfg.lm_cells_color)
-    qa = what_is_at(record, asked_cell(record, rng), worked=True)
+    qa = what_is_at(record, what_at_cell(record, rng), worked=True)
     if roll < mix + copy:  # the list, not the scene: only the list can answer
         listed, answer = qa.answer.rsplit(", so ", 1)
         sample = make_sample(f"copy_{record.image_id}", record.file_name,

@@ -33,12 +33,17 @@ REVIEW_FORMS = {"what_at": 3, "relation": 3, "size": 2, "shape": 1, "count": 1, 
                 "exists": 1}
 
 
+def what_at_cell(record, rng: random.Random) -> str:
+    """The cell "What is at" asks of: an occupied one half the time (when the scene has both kinds)."""
+    occupied = [p for p in POSITIONS if object_at(record, p) is not None]
+    empty = [p for p in POSITIONS if p not in occupied]
+    return rng.choice(occupied if occupied and (rng.random() < 0.5 or not empty) else empty)
+
+
 def review_question(record, rng: random.Random, form: str) -> QA | None:
     """One question of ``form`` about ``record`` (None if the scene has none)."""
     if form == "what_at":
-        occupied = [p for p in POSITIONS if object_at(record, p) is not None]
-        empty = [p for p in POSITIONS if p not in occupied]
-        return what_is_at(record, rng.choice(occupied if occupied and (rng.random() < 0.5 or not empty) else empty))
+        return what_is_at(record, what_at_cell(record, rng))
     asked = [qa for qa in scene_questions(record, rng) if qa.kind == form and not qa.question.startswith("What is at")]
     return rng.choice(asked) if asked else None
 
