@@ -29,10 +29,9 @@ import torch
 from minillava.config import load_config
 from minillava.conversation import IMAGE_TOKEN, get_template, prompt_ids
 from minillava.data.dataset import left_pad
-from minillava.data.grid import cell_of_box
 from minillava.data.llava_json import read_llava_json
 from minillava.data.records import load_split
-from minillava.data.shapes import Shape
+from minillava.data.shapes import scene_objects
 from minillava.data.teachers import answer_is_correct, instructions_file, object_at, stated_answer, teacher_options
 from minillava.eval.accuracy import answer_habits, heldout_questions
 from minillava.model.backbones import load_lm
@@ -51,8 +50,7 @@ template = get_template("vicuna_v1")
 
 def cells(record) -> str:
     """The scene as nine cell words (cells named), from its COCO record."""
-    return scene_in_cell_words([Shape(o.category, o.color, o.size, cell_of_box(o.bbox, record.width, record.height))
-                                for o in record.objects], where=True)
+    return scene_in_cell_words(scene_objects(record), where=True)
 
 
 train = {r.file_name: cells(r) for r in load_split(data, cfg.data_split)}

@@ -17,9 +17,8 @@ from pathlib import Path
 import torch
 
 from minillava.conversation import IMAGE_TOKEN, get_template, prompt_ids
-from minillava.data.grid import cell_of_box
 from minillava.data.records import image_path, load_split
-from minillava.data.shapes import POSITIONS, Shape
+from minillava.data.shapes import POSITIONS, scene_objects
 from minillava.data.teachers import object_at
 from minillava.inference import pixels_for
 from minillava.model.build import load_model
@@ -42,8 +41,7 @@ forced = torch.tensor(tok("There is", add_special_tokens=False)["input_ids"])
 
 
 def cells(record) -> str:
-    return scene_in_cell_words([Shape(o.category, o.color, o.size, cell_of_box(o.bbox, record.width, record.height))
-                                for o in record.objects], where=True)
+    return scene_in_cell_words(scene_objects(record), where=True)
 
 
 @torch.no_grad()
