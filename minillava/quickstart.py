@@ -80,6 +80,10 @@ def run_quickstart(out_dir: str | Path = "runs/quickstart", *, from_scratch: boo
     model, s1 = run_stage(cfg, 1, out_dir / "stage1", progress=progress)
     seconds["stage1"] = time.perf_counter() - t  # includes computing Z_v once for every training image
     log(_stage_line(1, s1, seconds["stage1"]))
+    if "cell_words" in s1:
+        a = s1["cell_words"]
+        log(f"stage 1: W fitted to the LM's cell words, {a['steps']} steps, loss {a['first_loss']:.4f} -> "
+            f"{a['last_loss']:.4f}")
 
     processor = s1["processor"]
     rows = heldout_questions(test_records)
@@ -118,7 +122,9 @@ def run_quickstart(out_dir: str | Path = "runs/quickstart", *, from_scratch: boo
         "baselines": {"blank_image": {k: v["accuracy"] for k, v in blank["per_kind"].items()},
                       "stage1_only": {k: v["accuracy"] for k, v in after_stage1["per_kind"].items()},
                       "majority": {k: v["majority"] for k, v in per_kind.items() if k != "all"}},
-        "loss": {"stage1": [s1["first_loss"], s1["last_loss"]], "stage2": [s2["first_loss"], s2["last_loss"]]},
+        "loss": {"stage1": [s1["first_loss"], s1["last_loss"]], "stage2": [s2["first_loss"], s2["last_loss"]],
+                 **({"stage1_cell_words": [s1["cell_words"]["first_loss"], s1["cell_words"]["last_loss"]]}
+                    if "cell_words" in s1 else {})},
         "parameters": parameter_counts(model),
         "grounding": grounding(measured),
         "seconds": {k: round(v, 1) for k, v in seconds.items()},

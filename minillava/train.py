@@ -1,6 +1,7 @@
 """§4.2 training: one loop for both stages.
 
     stage 1  feature alignment      trainable: W            frozen: g, f_φ     template: plain
+             with stage1_cell_word_steps (ours): then W onto the stand-in LM's cell words (align.py)
     stage 2  end-to-end tuning      trainable: W and f_φ    frozen: g          template: vicuna_v1 or the LM's chat
 
 Which parameters train is the model's freeze policy (``model/freeze.py``). Each step minimises eq. 3: the summed
@@ -372,6 +373,11 @@ def run_stage(cfg: Config, stage: int, out_dir: str | Path, *, resume: bool = Fa
     dataset.attach_features(torch.stack([features[name] for name in dataset.images]))
     eval_fn = held_out_eval(cfg, stage, model, image_features)
     summary = train_stage(model, dataset, cfg, stage, out_dir, resume=resume, eval_fn=eval_fn, progress=progress)
+    if stage == 1 and cfg.stage1_cell_word_steps:  # W onto the LM's cell words (ours; align.py)
+        from .align import align_to_cell_words
+        from .data.records import load_split
+        summary["cell_words"] = align_to_cell_words(model, features, load_split(data_dir, cfg.data_split),
+                                                    cfg.stage1_cell_word_steps, cfg.stage1_batch, cfg.seed)
     if dist_info()[0] == 0:
         save_model(model, cfg, out_dir, include_lm=trains_lm(stage), extra={"stage": stage})
     summary["features"], summary["processor"] = features, processor

@@ -1,0 +1,66 @@
+"""Stage 1's "compatible visual tokenizer" (§4.2), made explicit for the stand-in chat LM (ours, not the paper's).
+
+§4.2 describes stage 1 as aligning the image features H_v with the frozen LLM's word embeddings. LLaVA gets there
+through captions alone. The stand-in LM has exact words for the tiny preset's image tokens: stage 0 taught it to
+read a scene as nine cell words, one per 3 × 3 cell ("<top-left:large-red-circle>", ``stage0.vocab``), and the tiny
+tower gives one patch token per cell. With ``stage1_cell_word_steps`` = S, after stage 1's captions W is fitted for S
+more steps to put each cell's token on the input embedding of that cell's word (mean squared error):
+
+    min_W  Σ_cells ‖ W · Z_v[cell] − E[cell word of the scene at cell] ‖²          Z_v: (B, 9, Dv), E: (V, D)
+
+The targets come from the scenes' layouts, a supervision the paper's stage 1 does not have. Why it is here
+(benchmarks/README.md, issue 25): from captions alone, W lands an object's token on its own cell word for 0.15 of
+objects, and in stage 2 the LM then learns to answer "What is at the {position}?" from the data's prior ("nothing")
+instead of from the image; with the scene given as its cell words, stage 2 keeps the LM's lookup.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .data.records import ImageRecord
+from .data.shapes import scene_objects
+
+LR = 1e-3  # AdamW, no weight decay, cosine to 0 without warmup: the measured setting (benchmarks/README.md)
+
+
+def cell_word_targets(tokenizer, records: list[ImageRecord]) -> torch.Tensor:
+    """(B, 9) token ids of each scene's nine cell words, top left to bottom right: the order of its patch tokens."""
+    from .stage0.vocab import has_cell_words, scene_in_cell_words
+
+    if not has_cell_words(tokenizer, where=True):
+        raise ValueError("stage1_cell_word_steps: the LM's tokenizer has no cell words (\"<top-left:...>\"); only the "
+                         "tiny preset's stand-in chat LM (lm_name=tiny) reads scenes in them — set "
+                         "stage1_cell_word_steps=0")
+    ids = [tokenizer(scene_in_cell_words(scene_objects(r), where=True), add_special_tokens=False)["input_ids"]
+           for r in records]
+    return torch.tensor(ids)
+
+
+def align_to_cell_words(model, features: dict[str, torch.Tensor], records: list[ImageRecord], steps: int,
+                        batch: int, seed: int) -> dict:
+    """Fit W (the model's projector) for ``steps`` steps of ``batch`` scenes drawn with replacement from
+    ``records`` (their Z_v in ``features``: file name → (9, Dv)); returns the first and last batch's loss."""
+    records = [r for r in records if r.file_name in features]
+    device = next(model.projector.parameters()).device
+    z = torch.stack([features[r.file_name] for r in records]).to(device)  # (B, 9, Dv)
+    ids = cell_word_targets(model.tokenizer, records).to(device)  # (B, 9)
+    if ids.shape[1] != z.shape[1]:
+        raise ValueError(f"stage1_cell_word_steps: {ids.shape[1]} cell words per scene but {z.shape[1]} image "
+                         "tokens; the alignment needs one patch token per cell (the tiny tower)")
+    target = model.lm.get_input_embeddings().weight.detach()  # (V, D): the frozen LM's word embeddings
+    optimizer = torch.optim.AdamW(model.projector.parameters(), lr=LR, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
+    draw = torch.Generator().manual_seed(seed)
+    losses = []
+    for step in range(steps):
+        rows = torch.randint(len(records), (batch,), generator=draw).to(device)
+        loss = torch.nn.functional.mse_loss(model.project(z[rows]), target[ids[rows]])  # (batch, 9, D) both
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        losses.append(loss.item())
+    return {"steps": steps, "first_loss": losses[0], "last_loss": losses[-1]}

@@ -1,0 +1,43 @@
+"""align.py: stage 1's W fitted onto the stand-in chat LM's cell words (§4.2's "compatible visual tokenizer")."""
+
+import pytest
+import torch
+
+from minillava.config import load_config
+from minillava.data.records import load_split
+from minillava.model.build import build_model, load_model
+from minillava.stage0.vocab import cell_words
+from minillava.train import run_stage
+
+
+def _nearest_right(model, features: dict, records) -> float:
+    """Share of patch tokens whose nearest cell word (cosine) is their own cell's word."""
+    from minillava.align import cell_word_targets
+
+    vocab = torch.tensor(model.tokenizer.convert_tokens_to_ids(cell_words(where=True)))
+    table = torch.nn.functional.normalize(model.lm.get_input_embeddings().weight[vocab], dim=-1)
+    with torch.no_grad():
+        h = torch.nn.functional.normalize(model.project(torch.stack([features[r.file_name] for r in records])), dim=-1)
+    return (vocab[(h @ table.T).argmax(-1)] == cell_word_targets(model.tokenizer, records)).float().mean().item()
+
+
+def test_stage1_cell_word_steps_put_the_patch_tokens_on_their_cell_words(scene_dir, tmp_path, one_thread):
+    # the shipped stand-in backbones: their chat LM reads scenes in cell words, the tower gives one token per cell
+    common = dict(data_dir=str(scene_dir), stage1_steps=2, stage1_batch=8, eval_every=0, save_every=100)
+    plain, s_plain = run_stage(load_config("tiny", common), 1, tmp_path / "captions_only")
+    model, s1 = run_stage(load_config("tiny", {**common, "stage1_cell_word_steps": 150}), 1, tmp_path / "aligned")
+    records = load_split(scene_dir, "train")
+    before, after = _nearest_right(plain, s_plain["features"], records), _nearest_right(model, s1["features"], records)
+    assert after > before + 0.3, (before, after)
+    assert s1["cell_words"]["last_loss"] < 0.5 * s1["cell_words"]["first_loss"]
+    # W only: the LM and the tower are the shipped ones still; the saved stage-1 model holds the fitted W
+    assert all(torch.equal(v, plain.lm.state_dict()[k]) for k, v in model.lm.state_dict().items())
+    reloaded, _, _ = load_model(tmp_path / "aligned")
+    assert all(torch.equal(v, reloaded.projector.state_dict()[k]) for k, v in model.projector.state_dict().items())
+
+
+def test_an_lm_without_cell_words_is_refused_in_one_line(tiny_cfg, tmp_path):
+    cfg = tiny_cfg(stage1_cell_word_steps=5)
+    model, processor = build_model(cfg)
+    with pytest.raises(ValueError, match="stage1_cell_word_steps: the LM's tokenizer has no cell words"):
+        run_stage(cfg, 1, tmp_path / "s1", model=model, processor=processor)
