@@ -84,6 +84,7 @@ class Config:
     # then W fitted this many steps (stage1_batch scenes each) to put each cell's token on the stand-in LM's cell word
     # for it: §4.2's "compatible visual tokenizer" made explicit (ours; ``align``; tiny preset only)
     stage1_cell_word_steps: int = 0
+    stage1_cell_word_ce: float = 0.05    # weight of the term that makes the right cell word the nearest (0: squared error)
     # stage 2: end-to-end instruction tuning (§4.2)
     stage2_steps: int = 1500            # measured with a 200-step stage 1: all 0.794 (1,300: 0.786; 1,800: 0.789)
     stage2_batch: int = 32
@@ -125,7 +126,7 @@ class Config:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"config field '{name}' must be positive, got {getattr(self, name)}")
         for name in ["stage1_lr", "stage2_lr", "stage1_steps", "stage2_steps", "weight_decay", "warmup_ratio",
-                     "eval_every", "group_by_length", "stage1_cell_word_steps"]:
+                     "eval_every", "group_by_length", "stage1_cell_word_steps", "stage1_cell_word_ce"]:
             if getattr(self, name) < 0:
                 raise ConfigError(f"config field '{name}' must not be negative, got {getattr(self, name)}")
         if not 0 <= self.teacher_occupied <= 1:

@@ -377,7 +377,8 @@ def run_stage(cfg: Config, stage: int, out_dir: str | Path, *, resume: bool = Fa
         from .align import align_to_cell_words
         from .data.records import load_split
         summary["cell_words"] = align_to_cell_words(model, features, load_split(data_dir, cfg.data_split),
-                                                    cfg.stage1_cell_word_steps, cfg.stage1_batch, cfg.seed)
+                                                    cfg.stage1_cell_word_steps, cfg.stage1_batch, cfg.seed,
+                                                    cfg.stage1_cell_word_ce)
     if dist_info()[0] == 0:
         save_model(model, cfg, out_dir, include_lm=trains_lm(stage), extra={"stage": stage})
     summary["features"], summary["processor"] = features, processor

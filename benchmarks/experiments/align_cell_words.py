@@ -4,7 +4,8 @@
 the tiny tower's nine patch tokens: stage 0 taught it to read a scene as nine cell words, and with those words in
 the image's places stage 2 keeps the LM's lookup (`cell_word_stage2.py`). Here, after stage 1's captions, W is fitted
 for STEPS steps onto them (`minillava.align.align_to_cell_words`, the scenes drawn in the order of seed 0 whatever
-the run's seed), then stage 2 runs as configured. For seed 0 this is the package's `stage1_cell_word_steps=STEPS`
+the run's seed; its classification term weighted by ``stage1_cell_word_ce``, 0 for squared error alone), then stage 2
+runs as configured. For seed 0 this is the package's `stage1_cell_word_steps=STEPS`
 (the same weights); for other seeds that option draws its scenes by the run's seed. Prints how often the nearest cell
 word (cosine) of each of 300 held-out scenes' nine tokens is the right one, before and after the fit.
 With ``--w-frozen`` stage 2 then trains the LM alone, W kept where the fit put it (a departure from §4.2, whose stage 2
@@ -52,7 +53,8 @@ def aligned_stages(cfg, stage, out, **kwargs):
         z, ids = model.image_features(pixels_for(summary["processor"], [image_path(cfg.data_dir, r) for r in test])), \
             cell_word_targets(model.tokenizer, test)
         before = nearest_right(model, z, ids)
-        fit = align_to_cell_words(model, summary["features"], load_split(cfg.data_dir, "train"), steps, 64, seed=0)
+        fit = align_to_cell_words(model, summary["features"], load_split(cfg.data_dir, "train"), steps, 64, seed=0,
+                                  ce_weight=cfg.stage1_cell_word_ce)
         print(f"align: {steps} steps, loss {fit['first_loss']:.4f} -> {fit['last_loss']:.4f}; nearest cell word "
               f"right (held out) {before:.3f} -> {nearest_right(model, z, ids):.3f}", flush=True)
     return model, summary
