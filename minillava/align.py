@@ -45,12 +45,27 @@ def cell_word_targets(tokenizer, records: list[ImageRecord]) -> torch.Tensor:
     return torch.tensor(ids)
 
 
+def cell_word_table(model) -> tuple[torch.Tensor, torch.Tensor]:
+    """The 657 cell words as (token ids (657,), unit-length input embeddings (657, D)), on the LM's device."""
+    from .stage0.vocab import cell_words
+
+    embeddings = model.lm.get_input_embeddings().weight.detach()
+    vocab = torch.tensor(model.tokenizer.convert_tokens_to_ids(cell_words(where=True)), device=embeddings.device)
+    return vocab, torch.nn.functional.normalize(embeddings[vocab], dim=-1)
+
+
+@torch.no_grad()
+def nearest_cell_words(model, image_features: torch.Tensor) -> torch.Tensor:
+    """Z_v (B, N, Dv) → (B, N) token id of the cell word nearest (cosine) to each projected token H_v = W · Z_v."""
+    vocab, words = cell_word_table(model)
+    h = torch.nn.functional.normalize(model.project(image_features.to(vocab.device)), dim=-1)
+    return vocab[(h @ words.T).argmax(-1)]
+
+
 def align_to_cell_words(model, features: dict[str, torch.Tensor], records: list[ImageRecord], steps: int,
                         batch: int, seed: int, ce_weight: float = 0.0) -> dict:
     """Fit W (the model's projector) for ``steps`` steps of ``batch`` scenes drawn with replacement from
     ``records`` (their Z_v in ``features``: file name → (9, Dv)); returns the first and last batch's loss."""
-    from .stage0.vocab import cell_words
-
     records = [r for r in records if r.file_name in features]
     device = next(model.projector.parameters()).device
     z = torch.stack([features[r.file_name] for r in records]).to(device)  # (B, 9, Dv)
@@ -59,10 +74,9 @@ def align_to_cell_words(model, features: dict[str, torch.Tensor], records: list[
         raise ValueError(f"stage1_cell_word_steps: {ids.shape[1]} cell words per scene but {z.shape[1]} image "
                          "tokens; the alignment needs one patch token per cell (the tiny tower)")
     target = model.lm.get_input_embeddings().weight.detach()  # (V, D): the frozen LM's word embeddings
-    vocab = torch.tensor(model.tokenizer.convert_tokens_to_ids(cell_words(where=True)), device=device)  # (657,)
+    vocab, words = cell_word_table(model)  # (657,), (657, D)
     classes = torch.full((target.shape[0],), -1, dtype=torch.long, device=device)
     classes[vocab] = torch.arange(len(vocab), device=device)  # token id → its index among the cell words
-    words = torch.nn.functional.normalize(target[vocab], dim=-1)  # (657, D)
     optimizer = torch.optim.AdamW(model.projector.parameters(), lr=LR, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
     draw = torch.Generator().manual_seed(seed)

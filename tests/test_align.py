@@ -6,20 +6,15 @@ import torch
 from minillava.config import load_config
 from minillava.data.records import load_split
 from minillava.model.build import build_model, load_model
-from minillava.stage0.vocab import cell_words
 from minillava.train import run_stage
 
 
 def _nearest_right(model, features: dict, records, objects_only: bool = False) -> float:
     """Share of patch tokens (or of those where an object stands) whose nearest cell word (cosine) is their own."""
-    from minillava.align import cell_word_targets
+    from minillava.align import cell_word_targets, nearest_cell_words
 
-    vocab = torch.tensor(model.tokenizer.convert_tokens_to_ids(cell_words(where=True)))
-    table = torch.nn.functional.normalize(model.lm.get_input_embeddings().weight[vocab], dim=-1)
-    with torch.no_grad():
-        h = torch.nn.functional.normalize(model.project(torch.stack([features[r.file_name] for r in records])), dim=-1)
     truth = cell_word_targets(model.tokenizer, records)
-    right = vocab[(h @ table.T).argmax(-1)] == truth
+    right = nearest_cell_words(model, torch.stack([features[r.file_name] for r in records])) == truth
     if objects_only:
         empty = torch.tensor([[w.endswith(":empty>") for w in model.tokenizer.convert_ids_to_tokens(row)]
                               for row in truth.tolist()])

@@ -18,10 +18,9 @@ import torch
 
 import minillava.quickstart as quickstart
 import minillava.train as train
-from minillava.align import align_to_cell_words, cell_word_targets
+from minillava.align import align_to_cell_words, cell_word_targets, nearest_cell_words
 from minillava.data.records import image_path, load_split
 from minillava.inference import pixels_for
-from minillava.stage0.vocab import cell_words
 
 steps = int(sys.argv[2])
 w_frozen = "--w-frozen" in sys.argv
@@ -37,13 +36,9 @@ def lm_only_in_stage2(model, stage, *args):
     return params
 
 
-@torch.no_grad()
 def nearest_right(model, z: torch.Tensor, ids: torch.Tensor) -> float:
     """Share of the B·9 projected tokens whose nearest cell word (cosine) is their own."""
-    vocab = torch.tensor(model.tokenizer.convert_tokens_to_ids(cell_words(where=True)))
-    table = torch.nn.functional.normalize(model.lm.get_input_embeddings().weight[vocab], dim=-1)
-    h = torch.nn.functional.normalize(model.project(z), dim=-1)  # (B, 9, D)
-    return (vocab[(h @ table.T).argmax(-1)] == ids).float().mean().item()
+    return (nearest_cell_words(model, z) == ids).float().mean().item()
 
 
 def aligned_stages(cfg, stage, out, **kwargs):

@@ -12,11 +12,10 @@ from pathlib import Path
 
 import torch
 
-from minillava.align import align_to_cell_words, cell_word_targets
+from minillava.align import align_to_cell_words, cell_word_targets, nearest_cell_words
 from minillava.data.records import image_path, load_split
 from minillava.inference import pixels_for
 from minillava.model.build import load_model
-from minillava.stage0.vocab import cell_words
 
 torch.set_num_threads(1)
 run = Path(sys.argv[1])
@@ -34,16 +33,12 @@ def features(records) -> torch.Tensor:
 
 train, test = load_split(data, "train"), load_split(data, "test")[:300]
 z_test, truth = features(test), cell_word_targets(model.tokenizer, test)
-words = cell_words(where=True)
-vocab = torch.tensor(model.tokenizer.convert_tokens_to_ids(words))
-table = torch.nn.functional.normalize(model.lm.get_input_embeddings().weight[vocab], dim=-1)  # (657, D)
-index = {int(t): k for k, t in enumerate(vocab.tolist())}
 
 
 def rates() -> dict:
-    with torch.no_grad():
-        guess = (torch.nn.functional.normalize(model.project(z_test), dim=-1) @ table.T).argmax(-1)  # (B, 9)
-    pairs = [(words[int(g)], words[index[int(t)]]) for g, t in zip(guess.flatten(), truth.flatten())]
+    guess = nearest_cell_words(model, z_test)  # (B, 9) token ids
+    pairs = list(zip(model.tokenizer.convert_ids_to_tokens(guess.flatten().tolist()),
+                     model.tokenizer.convert_ids_to_tokens(truth.flatten().tolist())))
     objects = [(g, t) for g, t in pairs if not t.endswith(":empty>")]
     empty = [(g, t) for g, t in pairs if t.endswith(":empty>")]
     share = lambda hits: round(sum(hits) / len(hits), 3)  # noqa: E731
