@@ -13,15 +13,17 @@ three object tokens in four (most cells are empty, and the 657 words share most 
 term, a classification over the cell words by cosine (λ = ``stage1_cell_word_ce``, τ = 0.05), makes the right word
 the nearest one.
 
-The targets come from the scenes' layouts, a supervision the paper's stage 1 does not have. Why it is here
-(benchmarks/README.md, issue 25): from captions alone, W lands an object's token on its own cell word for 0.15 of
-objects, and in stage 2 the LM then learns to answer "What is at the {position}?" from the data's prior ("nothing")
-instead of from the image; with the scene given as its cell words, stage 2 keeps the LM's lookup.
+The targets come from the scenes' layouts, a supervision the paper's stage 1 does not have, and only the stand-in LM
+has cell words: the tiny preset runs the fit (1,000 steps), the hub presets the paper's stage 1 alone. Why it is
+there (measured in benchmarks/README.md): from captions alone, W lands an object's token on its own cell word for
+0.15 of objects, and in stage 2 the LM then learns to answer "What is at the {position}?" from the data's prior
+("nothing") instead of from the image; given the scene as its cell words, stage 2 keeps the LM's lookup.
 """
 
 from __future__ import annotations
 
 import math
+import time
 
 import torch
 
@@ -66,6 +68,7 @@ def align_to_cell_words(model, features: dict[str, torch.Tensor], records: list[
                         batch: int, seed: int, ce_weight: float = 0.0) -> dict:
     """Fit W (the model's projector) for ``steps`` steps of ``batch`` scenes drawn with replacement from
     ``records`` (their Z_v in ``features``: file name → (9, Dv)); returns the first and last batch's loss."""
+    start = time.perf_counter()
     records = [r for r in records if r.file_name in features]
     device = next(model.projector.parameters()).device
     z = torch.stack([features[r.file_name] for r in records]).to(device)  # (B, 9, Dv)
@@ -93,4 +96,5 @@ def align_to_cell_words(model, features: dict[str, torch.Tensor], records: list[
         optimizer.step()
         schedule.step()
         losses.append(loss.item())
-    return {"steps": steps, "first_loss": losses[0], "last_loss": losses[-1]}
+    return {"steps": steps, "first_loss": losses[0], "last_loss": losses[-1],
+            "seconds": time.perf_counter() - start}

@@ -82,7 +82,7 @@ class Config:
     # stage 1 also reads each embedded scene cell by cell, empty cells included (data.teachers.cell_by_cell; ours)
     stage1_cell_captions: bool = False
     # then W fitted this many steps (stage1_batch scenes each) to put each cell's token on the stand-in LM's cell word
-    # for it: §4.2's "compatible visual tokenizer" made explicit (ours; ``align``; tiny preset only)
+    # for it: §4.2's "compatible visual tokenizer" made explicit (ours; ``align``; the tiny preset sets 1,000)
     stage1_cell_word_steps: int = 0
     stage1_cell_word_ce: float = 0.05    # weight of the term that makes the right cell word the nearest (0: squared error)
     # stage 2: end-to-end instruction tuning (§4.2)
@@ -165,7 +165,8 @@ class Config:
 
 
 PRESETS: dict[str, dict] = {
-    "tiny": {},
+    # the stand-in LM reads a scene through its cell words, so stage 1 also fits W onto them (ours; align.py)
+    "tiny": dict(stage1_cell_word_steps=1000),
     "small": dict(preset="small", data_source="coco", data_dir="data/coco", data_split="val2017", data_images=5000, image_size=224,
                   vision_name="openai/clip-vit-base-patch16", lm_name="HuggingFaceTB/SmolLM2-135M-Instruct",
                   stage1_steps=1000, stage1_batch=32, stage1_lr=1e-3, stage2_steps=3000, stage2_batch=16,

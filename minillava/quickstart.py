@@ -82,8 +82,8 @@ def run_quickstart(out_dir: str | Path = "runs/quickstart", *, from_scratch: boo
     log(_stage_line(1, s1, seconds["stage1"]))
     if "cell_words" in s1:
         a = s1["cell_words"]
-        log(f"stage 1: W fitted to the LM's cell words, {a['steps']} steps, loss {a['first_loss']:.4f} -> "
-            f"{a['last_loss']:.4f}")
+        log(f"stage 1: of which W fitted to the LM's cell words, {a['steps']} steps in {a['seconds']:.0f} s, loss "
+            f"{a['first_loss']:.4f} -> {a['last_loss']:.4f}")
 
     processor = s1["processor"]
     rows = heldout_questions(test_records)

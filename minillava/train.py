@@ -1,7 +1,8 @@
 """§4.2 training: one loop for both stages.
 
     stage 1  feature alignment      trainable: W            frozen: g, f_φ     template: plain
-             with stage1_cell_word_steps (ours): then W onto the stand-in LM's cell words (align.py)
+             with stage1_cell_word_steps (ours; the tiny preset): then W onto the stand-in LM's cell words
+             (align.py); the model directory's captions_only/ keeps W as the captions left it
     stage 2  end-to-end tuning      trainable: W and f_φ    frozen: g          template: vicuna_v1 or the LM's chat
 
 Which parameters train is the model's freeze policy (``model/freeze.py``). Each step minimises eq. 3: the summed
@@ -22,7 +23,7 @@ import json
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -376,6 +377,9 @@ def run_stage(cfg: Config, stage: int, out_dir: str | Path, *, resume: bool = Fa
     if stage == 1 and cfg.stage1_cell_word_steps:  # W onto the LM's cell words (ours; align.py)
         from .align import align_to_cell_words
         from .data.records import load_split
+        if dist_info()[0] == 0:  # W as the paper's stage 1 leaves it, for a reader to set beside the fitted one
+            save_model(model, replace(cfg, stage1_cell_word_steps=0), out_dir / "captions_only", include_lm=False,
+                       extra={"stage": stage})
         summary["cell_words"] = align_to_cell_words(model, features, load_split(data_dir, cfg.data_split),
                                                     cfg.stage1_cell_word_steps, cfg.stage1_batch, cfg.seed,
                                                     cfg.stage1_cell_word_ce)

@@ -83,12 +83,16 @@ def one_thread():
 
 @pytest.fixture()
 def tiny_cfg(backbone_dirs, scene_dir):
-    """A tiny Config on the random backbones and the 60-scene set; tests override what they need."""
+    """A tiny Config on the random backbones and the 60-scene set; tests override what they need.
+
+    Random backbones have no cell words, so stage 1 is the paper's alone (no ``align`` fit).
+    """
     from minillava.config import load_config
 
     def make(**overrides):
         values = dict(vision_name=str(backbone_dirs[0]), lm_name=str(backbone_dirs[1]), data_dir=str(scene_dir),
-                      stage1_steps=4, stage2_steps=6, stage1_batch=8, stage2_batch=8, save_every=3, log_every=1)
+                      stage1_steps=4, stage2_steps=6, stage1_batch=8, stage2_batch=8, save_every=3, log_every=1,
+                      stage1_cell_word_steps=0)
         values.update(overrides)
         return load_config("tiny", values)
     return make

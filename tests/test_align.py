@@ -25,7 +25,7 @@ def _nearest_right(model, features: dict, records, objects_only: bool = False) -
 def test_stage1_cell_word_steps_put_the_patch_tokens_on_their_cell_words(scene_dir, tmp_path, one_thread):
     # the shipped stand-in backbones: their chat LM reads scenes in cell words, the tower gives one token per cell
     common = dict(data_dir=str(scene_dir), stage1_steps=2, stage1_batch=8, eval_every=0, save_every=100)
-    plain, s_plain = run_stage(load_config("tiny", common), 1, tmp_path / "captions_only")
+    plain, s_plain = run_stage(load_config("tiny", {**common, "stage1_cell_word_steps": 0}), 1, tmp_path / "captions_only")
     model, s1 = run_stage(load_config("tiny", {**common, "stage1_cell_word_steps": 150}), 1, tmp_path / "aligned")
     records = load_split(scene_dir, "train")
     before, after = _nearest_right(plain, s_plain["features"], records), _nearest_right(model, s1["features"], records)
@@ -35,6 +35,10 @@ def test_stage1_cell_word_steps_put_the_patch_tokens_on_their_cell_words(scene_d
     assert all(torch.equal(v, plain.lm.state_dict()[k]) for k, v in model.lm.state_dict().items())
     reloaded, _, _ = load_model(tmp_path / "aligned")
     assert all(torch.equal(v, reloaded.projector.state_dict()[k]) for k, v in model.projector.state_dict().items())
+    # ... and captions_only/ the W that the captions left, the same as the run without the fit
+    captions_only, _, cfg = load_model(tmp_path / "aligned" / "captions_only")
+    assert all(torch.equal(v, captions_only.projector.state_dict()[k]) for k, v in plain.projector.state_dict().items())
+    assert cfg.stage1_cell_word_steps == 0
 
 
 def test_the_classification_term_puts_object_tokens_on_their_own_word(scene_dir, tmp_path, one_thread):

@@ -38,7 +38,7 @@ STRUCTURAL = {
     ("09_evaluation", 'print(len(rows), "answers written; fields:", list(rows[0]))'): "a count and field names",
     ("09_evaluation", 'print("judged:", len(result["per_question"]), "questions; failed:", result["failed"])'):
         "a count, and the list of failed questions, which a rule judge leaves empty",
-    ("08_projector", 'print("objects checked:", rates["after stage 1"]["n_objects"])'):
+    ("08_projector", 'print("objects checked:", rates["after stage 2"]["n_objects"])'):
         "the number of objects in the scenes measured, fixed by the data",
     ("07_attention", 'print("attn shape (L, H, A, N):", tuple(result["attn"].shape))'):
         "the question is built from the scene; the shape's answer-token count is asserted below",
