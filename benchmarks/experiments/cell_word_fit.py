@@ -1,7 +1,8 @@
 """How close the fit of `minillava.align` brings W's tokens to the chat LM's cell words, object cells and empty ones
 apart (issue 25).
 
-Takes RUN's stage-1 W as the captions left it (RUN made without the fit, e.g. the README quickstart), fits it for
+Takes RUN's stage-1 W as the captions left it (``stage1/captions_only`` of a run made with the fit, or ``stage1`` of
+one made without it: ``stage1_cell_word_steps=0``), fits it for
 STEPS steps (64 scenes each, seed 0) with the classification term weighted CE (0: squared error alone), and reports
 for the 300 first held-out scenes how often the cell word nearest (cosine) to an object's token is its own, names what
 stands there, names the cell; and how often an empty cell's token is nearest to its own "empty" word.
@@ -22,7 +23,8 @@ run = Path(sys.argv[1])
 steps = int(sys.argv[2]) if len(sys.argv) > 2 else 1000
 ce = float(sys.argv[3]) if len(sys.argv) > 3 else 0.05
 data = run / "data"
-model, processor, _ = load_model(run / "stage1")
+model, processor, _ = load_model(run / "stage1" / "captions_only" if (run / "stage1" / "captions_only").is_dir()
+                                 else run / "stage1")
 
 
 @torch.no_grad()
