@@ -34,14 +34,21 @@ LR = 1e-3  # AdamW, no weight decay, cosine to 0 without warmup: the measured se
 TEMPERATURE = 0.05  # of the cosine logits over the cell words
 
 
-def cell_word_targets(tokenizer, records: list[ImageRecord]) -> torch.Tensor:
-    """(B, 9) token ids of each scene's nine cell words, top left to bottom right: the order of its patch tokens."""
-    from .stage0.vocab import has_cell_words, scene_in_cell_words
+def require_cell_words(tokenizer) -> None:
+    """Stop, in one line, when the LM has no cell words to fit W onto (any LM but the stand-in chat LM)."""
+    from .stage0.vocab import has_cell_words
 
     if not has_cell_words(tokenizer, where=True):
         raise ValueError("stage1_cell_word_steps: the LM's tokenizer has no cell words (\"<top-left:...>\"); only the "
                          "tiny preset's stand-in chat LM (lm_name=tiny) reads scenes in them — set "
                          "stage1_cell_word_steps=0")
+
+
+def cell_word_targets(tokenizer, records: list[ImageRecord]) -> torch.Tensor:
+    """(B, 9) token ids of each scene's nine cell words, top left to bottom right: the order of its patch tokens."""
+    from .stage0.vocab import scene_in_cell_words
+
+    require_cell_words(tokenizer)
     ids = [tokenizer(scene_in_cell_words(scene_objects(r), where=True), add_special_tokens=False)["input_ids"]
            for r in records]
     return torch.tensor(ids)

@@ -359,6 +359,9 @@ def run_stage(cfg: Config, stage: int, out_dir: str | Path, *, resume: bool = Fa
         model, processor = build_model(cfg)
         if cfg.init_from:  # e.g. stage 2 starts from stage 1's projector
             checkpoint.load_weights(model, Path(cfg.init_from) / "model.safetensors", cfg)
+    if stage == 1 and cfg.stage1_cell_word_steps:  # before the captions train, not after: the fit needs cell words
+        from .align import require_cell_words
+        require_cell_words(model.tokenizer)
     image_features = feature_source(model, processor, cfg, progress)
     check_max_length(cfg, model)
     samples, source = stage_samples(cfg, stage, data_dir)

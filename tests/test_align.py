@@ -53,8 +53,9 @@ def test_the_classification_term_puts_object_tokens_on_their_own_word(scene_dir,
     assert rates[0.05] > rates[0.0] + 0.2, rates
 
 
-def test_an_lm_without_cell_words_is_refused_in_one_line(tiny_cfg, tmp_path):
+def test_an_lm_without_cell_words_is_refused_in_one_line_before_stage_1_trains(tiny_cfg, tmp_path):
     cfg = tiny_cfg(stage1_cell_word_steps=5)
     model, processor = build_model(cfg)
     with pytest.raises(ValueError, match="stage1_cell_word_steps: the LM's tokenizer has no cell words"):
         run_stage(cfg, 1, tmp_path / "s1", model=model, processor=processor)
+    assert not (tmp_path / "s1" / "log.jsonl").exists()  # refused up front, not after the captions have trained
