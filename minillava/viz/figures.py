@@ -202,6 +202,7 @@ def nearest_cell_word_rate(model, processor, data_dir: Path, n_scenes: int = 100
 
 
 def nearest_word_figure(model, processor, data_dir: Path, out: Path) -> Path:
+    """The busiest held-out scene, each patch labelled with the two colour/shape words nearest to its token."""
     record = max(load_split(data_dir, "test"), key=lambda r: len(r.objects))
     z = model.image_features(pixels_for(processor, [image_path(data_dir, record)]))[0]
     words = nearest_words(model, z, k=2, vocabulary=list(COLORS) + list(SHAPES))
@@ -213,7 +214,7 @@ def nearest_word_figure(model, processor, data_dir: Path, out: Path) -> Path:
         r, c = divmod(n, GRID)
         ax.text((c + 0.5) * cell, (r + 0.85) * cell, " / ".join(ws), ha="center", fontsize=8,
                 bbox=dict(facecolor="white", alpha=0.8, edgecolor="none"))
-    ax.set_title("nearest colour/shape word to each projected patch token")
+    ax.set_title("after stage 1: the two colour/shape words\nnearest to each projected patch token", fontsize=10)
     ax.set_xticks([]), ax.set_yticks([])
     return _save(fig, out / "nearest_words.png")
 
