@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import time
+from pathlib import Path
 
 import torch
 
@@ -32,6 +33,14 @@ from .data.shapes import scene_objects
 
 LR = 1e-3  # AdamW, no weight decay, cosine to 0 without warmup: the measured setting (benchmarks/README.md)
 TEMPERATURE = 0.05  # of the cosine logits over the cell words
+CAPTIONS_ONLY = "captions_only"  # the stage-1 model directory's copy of W from before the fit
+
+
+def captions_only_dir(stage1_dir: str | Path) -> Path:
+    """Where a stage-1 run keeps W as the paper's stage 1 (the captions alone) leaves it: ``captions_only/`` when the
+    fit ran after the captions (``run_stage`` writes it), else the stage-1 model directory itself."""
+    stage1_dir = Path(stage1_dir)
+    return stage1_dir / CAPTIONS_ONLY if (stage1_dir / CAPTIONS_ONLY).is_dir() else stage1_dir
 
 
 def require_cell_words(tokenizer) -> None:

@@ -378,10 +378,10 @@ def run_stage(cfg: Config, stage: int, out_dir: str | Path, *, resume: bool = Fa
     eval_fn = held_out_eval(cfg, stage, model, image_features)
     summary = train_stage(model, dataset, cfg, stage, out_dir, resume=resume, eval_fn=eval_fn, progress=progress)
     if stage == 1 and cfg.stage1_cell_word_steps:  # W onto the LM's cell words (ours; align.py)
-        from .align import align_to_cell_words
+        from .align import CAPTIONS_ONLY, align_to_cell_words
         from .data.records import load_split
         if dist_info()[0] == 0:  # W as the paper's stage 1 leaves it, for a reader to set beside the fitted one
-            save_model(model, replace(cfg, stage1_cell_word_steps=0), out_dir / "captions_only", include_lm=False,
+            save_model(model, replace(cfg, stage1_cell_word_steps=0), out_dir / CAPTIONS_ONLY, include_lm=False,
                        extra={"stage": stage})
         summary["cell_words"] = align_to_cell_words(model, features, load_split(data_dir, cfg.data_split),
                                                     cfg.stage1_cell_word_steps, cfg.stage1_batch, cfg.seed,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from minillava.align import align_to_cell_words, cell_word_targets, nearest_cell_words
+from minillava.align import align_to_cell_words, captions_only_dir, cell_word_targets, nearest_cell_words
 from minillava.data.records import image_path, load_split
 from minillava.inference import pixels_for
 from minillava.model.build import load_model
@@ -23,8 +23,7 @@ run = Path(sys.argv[1])
 steps = int(sys.argv[2]) if len(sys.argv) > 2 else 1000
 ce = float(sys.argv[3]) if len(sys.argv) > 3 else 0.05
 data = run / "data"
-model, processor, _ = load_model(run / "stage1" / "captions_only" if (run / "stage1" / "captions_only").is_dir()
-                                 else run / "stage1")
+model, processor, _ = load_model(captions_only_dir(run / "stage1"))
 
 
 @torch.no_grad()

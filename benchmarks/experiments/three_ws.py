@@ -3,8 +3,7 @@
 For a quickstart RUN made with the fit (the tiny preset's default): how often the nearest colour/shape word names the
 object's colour or shape and the nearest cell word is its own, names what stands there, names the cell (100 held-out
 scenes); the tokens' norms and best cosine to a word (32 scenes); each attribute's share of an object token's
-variance (300 scenes). W after the captions is ``stage1/captions_only``; a run from before that directory existed
-has it in its last stage-1 training checkpoint (the fit runs after it), which is read instead.
+variance (300 scenes). W after the captions is ``stage1/captions_only`` (``align.captions_only_dir``).
 Usage: python benchmarks/experiments/three_ws.py RUN
 """
 import sys
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from minillava.checkpoint import latest_good, load_weights
+from minillava.align import captions_only_dir
 from minillava.data.records import image_path, load_split
 from minillava.inference import pixels_for
 from minillava.model.build import build_model, load_model
@@ -23,11 +22,9 @@ torch.set_num_threads(2)
 run = Path(sys.argv[1])
 data = run / "data"
 fitted, processor, cfg = load_model(run / "stage1")
-if (run / "stage1" / "captions_only").is_dir():
-    captions, _, _ = load_model(run / "stage1" / "captions_only")
-else:
-    captions, _, _ = load_model(run / "stage1")
-    load_weights(captions, latest_good(run / "stage1")[0] / "weights.safetensors", cfg)
+if captions_only_dir(run / "stage1") == run / "stage1":
+    sys.exit(f"{run / 'stage1'}: no captions_only/ beside the fitted W; RUN must be a quickstart made with the fit")
+captions, _, _ = load_model(captions_only_dir(run / "stage1"))
 torch.manual_seed(0)
 untrained, _ = build_model(cfg)
 models = {"untrained": untrained, "after the captions": captions, "after the fit": fitted,
