@@ -10,14 +10,14 @@ import torch
 
 from minillava.model.backbones import TINY_DIR, load_lm, load_vision
 from minillava.stage0 import (Stage0Config, add_cell_words, add_lm_phase, cell_words, colour_lookup_accuracy,
-                              grid_position_code, in_cell_words, probe_features, recipe_scenes, run_stage0,
+                              grid_position_code, in_cell_words, lm_phases, probe_features, recipe_scenes, run_stage0,
                               scene_in_cell_words, shipped_file_hashes, text_qa_accuracy, twin)
 from minillava.data.shapes import POSITIONS, generate_split
 
 
 def test_recipe_runs_a_few_steps_and_saves_loadable_backbones(tmp_path):
     cfg = Stage0Config(scenes=200, clip_steps=3, clip_batch=16, lm_steps=3, lm_batch=4, lm_focus_steps=0,
-                       lm_cells_steps=0, lm_drill_steps=0, lm_binding_steps=0)
+                       lm_cells_steps=0, lm_drill_steps=0, lm_review_steps=0, lm_binding_steps=0)
     recipe = run_stage0(tmp_path, cfg, log=lambda s: None)
     assert recipe["config_hash"] == cfg.hash() and set(recipe["probes"]) >= {"color", "shape", "size", "occupied"}
     vision, processor = load_vision(str(tmp_path / "vision"))
@@ -53,18 +53,20 @@ def test_later_lm_phases_run_and_adding_them_one_by_one_equals_a_run_from_scratc
     cfg = Stage0Config(scenes=200, clip_steps=2, clip_batch=8, lm_steps=2, lm_batch=4, lm_focus_steps=2,
                        lm_focus_batch=4, lm_cells_steps=2, lm_cells_batch=4, lm_drill_steps=0, lm_review_steps=2,
                        lm_review_batch=4, lm_binding_steps=2, lm_binding_batch=4)
-    no_binding = dataclasses.replace(cfg, lm_binding_steps=0)
-    no_review = dataclasses.replace(no_binding, lm_review_steps=0)
-    no_cells = dataclasses.replace(no_review, lm_cells_steps=0)
+    no_review = dataclasses.replace(cfg, lm_review_steps=0)  # the review runs last (lm_review_after_binding)
+    no_binding = dataclasses.replace(no_review, lm_binding_steps=0)
+    no_cells = dataclasses.replace(no_binding, lm_cells_steps=0)
     phase1 = dataclasses.replace(no_cells, lm_focus_steps=0)
-    assert len({cfg.hash(), no_binding.hash(), no_review.hash(), no_cells.hash(), phase1.hash()}) == 5
+    assert len({cfg.hash(), no_review.hash(), no_binding.hash(), no_cells.hash(), phase1.hash()}) == 5
+    assert lm_phases(cfg) == ["focus", "cells", "binding", "review"]
+    assert lm_phases(dataclasses.replace(cfg, lm_review_after_binding=False)) == ["focus", "cells", "review", "binding"]
     recipe = run_stage0(tmp_path / "scratch", cfg, log=lambda s: None)
     assert set(recipe["text_qa_phase1"]) == set(recipe["text_qa"]) == set(recipe["text_qa_cells"])
     assert min(recipe["seconds"][f"lm_{phase}"] for phase in ("focus", "cells", "review", "binding")) > 0
     # the shortcut the shipped LM took: phase 1 saved (bf16), then each later phase alone — same weight files
     run_stage0(tmp_path / "steps", phase1, log=lambda s: None)
-    with pytest.raises(ValueError, match="without its binding phase"):
-        add_lm_phase(tmp_path / "steps", cfg, log=lambda s: None)  # the focus and cells phases must come first
+    with pytest.raises(ValueError, match="without its review phase"):
+        add_lm_phase(tmp_path / "steps", cfg, log=lambda s: None)  # the focus, cells and binding phases come first
     assert add_lm_phase(tmp_path / "steps", no_cells, log=lambda s: None)["config_hash"] == no_cells.hash()
     lm, tokenizer = load_lm(str(tmp_path / "steps" / "lm"))  # where each new cell word starts
     add_cell_words(lm, tokenizer, where=True)
@@ -75,10 +77,11 @@ def test_later_lm_phases_run_and_adding_them_one_by_one_equals_a_run_from_scratc
     for word, what, where in [("<top-left:large-red-circle>", "large red circle", "top left"),
                               ("<center:empty>", "nothing", "center")]:
         assert torch.allclose(table[tokenizer.convert_tokens_to_ids(word)], mean(what) + mean(where))
-    assert add_lm_phase(tmp_path / "steps", no_review, log=lambda s: None)["config_hash"] == no_review.hash()
     assert add_lm_phase(tmp_path / "steps", no_binding, log=lambda s: None)["config_hash"] == no_binding.hash()
+    assert add_lm_phase(tmp_path / "steps", no_review, log=lambda s: None)["config_hash"] == no_review.hash()
     continued = add_lm_phase(tmp_path / "steps", cfg, log=lambda s: None)
     assert continued["config_hash"] == cfg.hash() and continued["files"] == recipe["files"]
+    assert set(continued["machines"]) == {"lm_focus", "lm_cells", "lm_binding", "lm_review"}
     lm, tokenizer = load_lm(str(tmp_path / "steps" / "lm"))
     assert lm.get_input_embeddings().weight.shape[0] == len(tokenizer)
     assert tokenizer.convert_tokens_to_ids(cell_words(cfg.lm_cells_where)[-1]) != tokenizer.unk_token_id
@@ -105,7 +108,7 @@ def test_the_lookup_drills_come_first_ask_one_question_on_busy_scenes_and_stay_i
 
     cfg = Stage0Config(scenes=200, clip_steps=2, clip_batch=8, lm_steps=0, lm_focus_steps=0, lm_cells_steps=2,
                        lm_cells_batch=4, lm_drill_steps=2, lm_drill_position_steps=1, lm_drill_relation_steps=1,
-                       lm_drill_batch=4, lm_drill_in_cells=0.5, lm_binding_steps=0)
+                       lm_drill_batch=4, lm_drill_in_cells=0.5, lm_review_steps=0, lm_binding_steps=0)
     busy = drill_scenes(cfg)
     assert len(busy) == cfg.scenes and all(3 <= len(layout) <= 6 for _, layout in busy)
     record, layout = busy[0]
@@ -125,7 +128,7 @@ def test_the_lookup_drills_come_first_ask_one_question_on_busy_scenes_and_stay_i
     # a later run into the same directory with the same tower settings reuses the saved tower (no scenes needed)
     assert train_tower(tmp_path, cfg, [], [], None, log=lambda s: None) == (recipe["probes"], recipe["seconds"]["clip"])
     assert cfg.recipe_version() == 10 and cfg.hash() != dataclasses.replace(cfg, lm_drill_steps=0).hash()
-    assert dataclasses.replace(cfg, lm_review_steps=1).recipe_version() == 11
+    assert dataclasses.replace(cfg, lm_review_steps=1, lm_review_after_binding=False).recipe_version() == 11
     lm, tokenizer = load_lm(str(tmp_path / "lm"))
     assert lm.get_input_embeddings().weight.shape[0] == len(tokenizer)
     assert tokenizer.convert_tokens_to_ids(cell_words(True)[-1]) != tokenizer.unk_token_id
@@ -271,7 +274,7 @@ def test_a_config_that_leaves_a_later_addition_off_hashes_as_the_recipe_version_
 
     def version1_hash(cfg):  # the hash before any of the additions existed: the fields of version 1 only
         additions = ("lm_focus_", "lm_cells_", "lm_share_prefix", "bpe_template_weight", "lm_drill_",
-                     "clip_fixed_position", "lm_review_", "lm_binding_")
+                     "clip_fixed_position", "lm_review_", "lm_binding_")  # lm_review_ covers version 13's switch
         fields = {k: v for k, v in dataclasses.asdict(cfg).items() if not k.startswith(additions)}
         return hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
     phase1 = Stage0Config(lm_focus_steps=0, lm_cells_steps=0, lm_focus_lr=1.0, lm_cells_where=True, lm_drill_steps=0,
@@ -284,7 +287,8 @@ def test_a_config_that_leaves_a_later_addition_off_hashes_as_the_recipe_version_
     assert base.recipe_version() == 4
     for version, switch in [(5, {"lm_cells_color": True}), (6, {"lm_share_prefix": True}),  # 6: other rounding
                             (7, {"bpe_template_weight": 1}), (8, {"lm_drill_steps": 100}),
-                            (10, {"clip_fixed_position": 2.0}), (11, {"lm_review_steps": 100}),
+                            (10, {"clip_fixed_position": 2.0}),
+                            (11, {"lm_review_steps": 100, "lm_review_after_binding": False}),
                             (12, {"lm_binding_steps": 100})]:
         cfg = dataclasses.replace(base, **switch)
         assert cfg.recipe_version() == version and cfg.hash() != base.hash(), switch
@@ -292,6 +296,10 @@ def test_a_config_that_leaves_a_later_addition_off_hashes_as_the_recipe_version_
     sized = dataclasses.replace(drilled, lm_drill_size_steps=100)  # an addition to the drills: version 9
     assert sized.recipe_version() == 9 and sized.hash() != drilled.hash()
     assert dataclasses.replace(base, lm_drill_size_steps=100).hash() == base.hash()  # no drills: it does nothing
+    reviewed = dataclasses.replace(base, lm_review_steps=100, lm_binding_steps=100, lm_review_after_binding=False)
+    last = dataclasses.replace(reviewed, lm_review_after_binding=True)  # the review moved after binding: version 13
+    assert last.recipe_version() == 13 and last.hash() != reviewed.hash()
+    assert dataclasses.replace(base, lm_review_after_binding=False).hash() == base.hash()  # no review: nothing moves
 
 
 def test_a_tokenizer_that_saw_the_template_once_per_scene_writes_it_in_fewer_tokens_and_the_rest_alike():
@@ -336,9 +344,9 @@ def test_shipped_chat_lm_answers_from_a_scene_in_cell_words():
     """Re-measured here: text-only QA about held-out scenes given as nine cell words, against the majority answer.
 
     Each word names its cell too (``lm_cells_where``), so the shipped LM reads position as well as colour, count,
-    shape and existence well above the majority answer; size and relations it reads less well (see recipe.json)."""
+    shape and existence well above the majority answer, and after binding and the review size and relations too."""
     lm, tokenizer = load_lm("tiny")
     result = text_qa_accuracy(lm, tokenizer, generate_split(80, "val", seed=78), max_questions=240,
                               in_words=functools.partial(in_cell_words, where=Stage0Config().lm_cells_where))
-    for kind in ("color", "count", "shape", "exists", "position"):
+    for kind in ("color", "count", "shape", "exists", "position", "size", "relation"):
         assert result[kind]["accuracy"] > result[kind]["majority"] + 0.15, (kind, result[kind])

@@ -3,7 +3,8 @@
 Usage: [LM=DIR] python benchmarks/experiments/review_trial.py THREADS OUT_DIR [Stage0Config field=value ...]
 (``baseline=1``: measure LM only). Text QA on 1,200 held-out questions in cell words (the recipe's check with twice
 the questions), and "What is at the {position}?" asked of one occupied and one empty cell of each held-out scene;
-the reviewed LM is saved (bf16) in OUT_DIR. ``lm_review_steps`` must be set (the shipped recipe has it at 0).
+the reviewed LM is saved (bf16) in OUT_DIR. It measured the review after binding on the recipe-12 LM (``LM=DIR``: a
+copy of that LM; the shipped LM is recipe 13's, which is that review, ``stage0.add_lm_phase``).
 """
 import dataclasses, functools, json, random, sys, time
 import torch
@@ -58,7 +59,7 @@ t = time.time()
 if base:
     measure(lm, "shipped"); sys.exit()
 if not cfg.lm_review_steps:
-    sys.exit("set lm_review_steps=N (the shipped recipe leaves it at 0; 1500 was measured)")
+    sys.exit("set lm_review_steps=N (1500 is the shipped recipe's)")
 lm = review_chat_lm(cfg, lm, scenes, tok, None, log=lambda s: print(s, flush=True))
 print("seconds", round(time.time() - t), flush=True)
 measure(lm, json.dumps(over))

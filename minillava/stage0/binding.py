@@ -1,4 +1,4 @@
-"""Stage 0b, phase 5, binding: find "the red circle" by its colour *and* its shape.
+"""Stage 0b, phase 4, binding: find "the red circle" by its colour *and* its shape.
 
 The lookup drills start with "What color is the {shape}?" on scenes whose shapes are unique, so the chat LM learns
 to find an object by its shape word alone, and keeps doing so: reading the scene as cell words, the recipe-10 LM
@@ -12,7 +12,7 @@ forgotten, at the review's lower lr.
 Measured (``benchmarks/README.md``): at 800 steps those questions go from 122 to 142 of 169 right in text (position
 0.93 → 0.98, relation 0.79 → 0.83), but the quickstart's image answers to them do not follow (44 → 42 of 64). At
 3,200 steps (the shipped recipe) the LM reads size in text at 0.95 (from 0.66) and relations at 0.86, and its
-quickstarts lead those of the LM without it in relations by 0.08 on two seeds.
+quickstarts lead those of the LM without it in relations by 0.08 on two seeds. The review (``review``) follows it.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def binding_sample(record: ImageRecord, layout, rng: random.Random, where: bool 
 
 
 def binding_chat_lm(cfg, lm, scenes, tokenizer, held_out=None, log=print) -> LlamaForCausalLM:
-    """Phase 5: a fresh AdamW on ``binding_sample`` dialogues of the scenes that have such a question, and
+    """Phase 4: a fresh AdamW on ``binding_sample`` dialogues of the scenes that have such a question, and
     ``lm_binding_mix`` of phase-3 dialogues. Like the review it starts from the LM before it rounded to bf16, so
     ``add_lm_phase`` and a run from scratch take the same steps."""
     lm.to(torch.bfloat16).to(torch.float32)

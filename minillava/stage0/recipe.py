@@ -3,8 +3,8 @@
 Stage 0 exists only for the tiny preset. LLaVA starts from released checkpoints (CLIP ViT-L/14 and Vicuna, §4.1);
 offline on a CPU we have neither, so ``run_stage0`` trains stand-ins on the embedded scenes: a byte-level BPE
 tokenizer on their text, the tiny CLIP (``tower``), then the chat LM: the lookup drills (``drill``), phases 1–3
-(``lm``, ``vocab``; the shipped recipe skips 1 and 2), the review (``review``, off in the shipped recipe) and binding
-(``binding``).
+(``lm``, ``vocab``; the shipped recipe skips 1 and 2), binding (``binding``) and the review (``review``), which the
+shipped recipe runs last.
 It writes both in bf16 with ``recipe.json``: the settings and their hash, the probe and text-QA checks, and the
 sha1 of every weight file. The result is shipped in ``minillava/assets/tiny``; ``minillava quickstart`` starts
 from it.
@@ -16,6 +16,7 @@ import dataclasses
 import functools
 import hashlib
 import json
+import platform
 import random
 import time
 from dataclasses import dataclass
@@ -80,13 +81,14 @@ class Stage0Config:
     lm_drill_min_objects: int = 3
     lm_drill_max_objects: int = 6
     lm_drill_in_cells: float = 0.2      # the share of phase 3's dialogues that are drill dialogues
-    # phase 4, the review (``review``): the forms phase 3 leaves weakest, asked more often, at a lower lr. Off in
-    # the shipped recipe: it lifts text QA, but not clearly the quickstart (benchmarks/README.md)
-    lm_review_steps: int = 0            # 0 = no review; 1500 was measured
+    # the review (``review``): the forms the LM reads weakest, asked more often, at a lower lr. Run after phase 3 it
+    # lifted text QA but not clearly the quickstart; run after binding it lifts both (benchmarks/README.md)
+    lm_review_steps: int = 1500         # 0 = no review
     lm_review_batch: int = 32
     lm_review_lr: float = 5e-4
     lm_review_mix: float = 0.3          # the share of its dialogues that are phase 3's
-    # phase 5, binding (``binding``): questions that name an object whose shape another object shares, so only colour
+    lm_review_after_binding: bool = True  # False: the review comes between phase 3 and binding (version 11)
+    # phase 4, binding (``binding``): questions that name an object whose shape another object shares, so only colour
     # and shape together find it
     lm_binding_steps: int = 3200        # 0 = no binding phase; 800 and 1,600 were measured too
     lm_binding_batch: int = 32
@@ -129,9 +131,30 @@ RECIPE_VERSIONS = {
     8: ("lm_drill_steps", 0, "lm_drill_"),          # the lookup drills before every other chat-LM phase
     9: ("lm_drill_size_steps", 0, "lm_drill_size_"),  # a size drill among them
     10: ("clip_fixed_position", 0.0, "clip_fixed_position"),  # the tower's position code fixed, not learned
-    11: ("lm_review_steps", 0, "lm_review_"),       # phase 4: the review of the weakest question forms
-    12: ("lm_binding_steps", 0, "lm_binding_"),     # phase 5: find an object by colour and shape together
+    11: ("lm_review_steps", 0, "lm_review_"),       # the review of the weakest question forms, after phase 3
+    12: ("lm_binding_steps", 0, "lm_binding_"),     # phase 4: find an object by colour and shape together
+    13: ("lm_review_after_binding", False, "lm_review_after_binding"),  # the review moved after binding
 }
+
+
+def lm_phases(cfg: Stage0Config) -> list[str]:
+    """The chat-LM phases after the drills and phase 1 that ``cfg`` switches on, in the order they run."""
+    order = ("focus", "cells", "binding", "review") if cfg.lm_review_after_binding else \
+        ("focus", "cells", "review", "binding")
+    return [name for name in order if getattr(cfg, f"lm_{name}_steps")]
+
+
+def train_lm_phase(name: str, cfg: Stage0Config, lm, scenes, tokenizer, held_out, log=print):
+    """Continue ``lm`` with the chat-LM phase ``name`` (one of ``lm_phases``); each starts from the LM before it
+    rounded to bf16, so a phase run on a saved recipe and one run from scratch take the same steps."""
+    if name == "focus":
+        return focus_chat_lm(cfg, lm, scenes, tokenizer, held_out, log)
+    if name == "cells":
+        also = drill_share(cfg, drill_scenes(cfg)) if cfg.lm_drill_steps else None
+        return cell_words_chat_lm(cfg, lm, scenes, tokenizer, held_out, log, also)
+    if name == "review":
+        return review_chat_lm(cfg, lm, scenes, tokenizer, held_out, log)
+    return binding_chat_lm(cfg, lm, scenes, tokenizer, held_out, log)
 
 
 def corpus(scenes, template_weight: int = 0) -> list[str]:
@@ -169,36 +192,23 @@ def run_stage0(out_dir: str | Path, cfg: Stage0Config | None = None, log=print) 
 
     probes, seconds["clip"] = train_tower(out_dir, cfg, scenes, held_out, tokenizer, log)
 
-    lm, also = None, None
+    lm = None
     if cfg.lm_drill_steps:
         t = time.perf_counter()
-        busy = drill_scenes(cfg)
-        lm = drill_chat_lm(cfg, new_chat_lm(cfg, tokenizer), busy, tokenizer, held_out, log)
+        lm = drill_chat_lm(cfg, new_chat_lm(cfg, tokenizer), drill_scenes(cfg), tokenizer, held_out, log)
         seconds["lm_drill"] = time.perf_counter() - t
-        also = drill_share(cfg, busy)
     if cfg.lm_steps or lm is None:
         t = time.perf_counter()
         lm = train_chat_lm(cfg, scenes, tokenizer, log, lm=lm)
         seconds["lm"] = time.perf_counter() - t
     phase1_qa = None
-    if cfg.lm_focus_steps:
-        phase1_qa = text_qa_accuracy(lm, tokenizer, held_out)
-        log(json.dumps({"stage": "0b", "text_qa_phase1": phase1_qa}))
+    for name in lm_phases(cfg):
+        if name == "focus":
+            phase1_qa = text_qa_accuracy(lm, tokenizer, held_out)
+            log(json.dumps({"stage": "0b", "text_qa_phase1": phase1_qa}))
         t = time.perf_counter()
-        lm = focus_chat_lm(cfg, lm, scenes, tokenizer, held_out, log)
-        seconds["lm_focus"] = time.perf_counter() - t
-    if cfg.lm_cells_steps:
-        t = time.perf_counter()
-        lm = cell_words_chat_lm(cfg, lm, scenes, tokenizer, held_out, log, also)
-        seconds["lm_cells"] = time.perf_counter() - t
-    if cfg.lm_review_steps:
-        t = time.perf_counter()
-        lm = review_chat_lm(cfg, lm, scenes, tokenizer, held_out, log)
-        seconds["lm_review"] = time.perf_counter() - t
-    if cfg.lm_binding_steps:
-        t = time.perf_counter()
-        lm = binding_chat_lm(cfg, lm, scenes, tokenizer, held_out, log)
-        seconds["lm_binding"] = time.perf_counter() - t
+        lm = train_lm_phase(name, cfg, lm, scenes, tokenizer, held_out, log)
+        seconds[f"lm_{name}"] = time.perf_counter() - t
     qa = text_qa_report(cfg, lm, tokenizer, held_out)
     log(json.dumps({"stage": "0b", **qa}))
 
@@ -251,18 +261,18 @@ def train_tower(out_dir: Path, cfg: Stage0Config, scenes, held_out, tokenizer, l
 
 
 def add_lm_phase(out_dir: str | Path, cfg: Stage0Config, log=print, device: str = "cpu") -> dict:
-    """Run only the last chat-LM phase ``cfg`` switches on (focus, cells, review, then binding) on a recipe directory
+    """Run only the last chat-LM phase ``cfg`` switches on (in the order of ``lm_phases``) on a recipe directory
     made by the same config without it; its tower, tokenizer and earlier phases are kept.
 
     Equal to ``run_stage0(out_dir, cfg)`` from scratch, because each phase starts from the LM before it rounded to
     bf16 — which is what the directory holds — and uses the same scenes and seeds (on the same kind of device); it
     saves the hour of retraining the tower and the earlier phases. Recipe 641b05a49ece's LM (mix first, no drills) got
-    its focus and cell-word phases this way (the latter on a GPU: ``device="cuda"``), and the measured recipe-11 LM
-    its review (``benchmarks/README.md``)."""
+    its focus and cell-word phases this way (the latter on a GPU: ``device="cuda"``), and the shipped recipe-13 LM its
+    review after binding (``benchmarks/README.md``)."""
     from transformers import AutoTokenizer
     out_dir = Path(out_dir)
     recipe = json.loads((out_dir / "recipe.json").read_text())
-    phases = [name for name in ("focus", "cells", "review", "binding") if getattr(cfg, f"lm_{name}_steps")]
+    phases = lm_phases(cfg)
     if not phases:
         raise ValueError(f"{out_dir}: this config has no chat-LM phase after phase 1 to add")
     last = phases[-1]
@@ -275,18 +285,10 @@ def add_lm_phase(out_dir: str | Path, cfg: Stage0Config, log=print, device: str 
     t = time.perf_counter()
     if last == "focus":
         recipe["text_qa_phase1"] = recipe["text_qa"]
-        lm = focus_chat_lm(cfg, lm, scenes, tokenizer, held_out, log)
-    elif last == "review":
-        lm = review_chat_lm(cfg, lm, scenes, tokenizer, held_out, log)
-    elif last == "binding":
-        lm = binding_chat_lm(cfg, lm, scenes, tokenizer, held_out, log)
-    else:
-        also = drill_share(cfg, drill_scenes(cfg)) if cfg.lm_drill_steps else None
-        lm = cell_words_chat_lm(cfg, lm, scenes, tokenizer, held_out, log, also)
+    lm = train_lm_phase(last, cfg, lm, scenes, tokenizer, held_out, log)
     recipe["seconds"][f"lm_{last}"] = round(time.perf_counter() - t, 1)
-    machine = torch.cuda.get_device_name(device) if str(device).startswith("cuda") else \
-        f"{torch.get_num_threads()} CPU threads"
-    recipe.setdefault("machines", {})[f"lm_{last}"] = f"{machine}, torch {torch.__version__}"  # what seconds mean
+    # what the seconds mean
+    recipe.setdefault("machines", {})[f"lm_{last}"] = f"{machine_name(device)}, torch {torch.__version__}"
     recipe["seconds"]["total"] = round(recipe["seconds"]["total"] + recipe["seconds"][f"lm_{last}"], 1)
     recipe.update(text_qa_report(cfg, lm, tokenizer, held_out))
     recipe.update(config=dataclasses.asdict(cfg), config_hash=cfg.hash())
@@ -295,6 +297,17 @@ def add_lm_phase(out_dir: str | Path, cfg: Stage0Config, log=print, device: str 
     recipe["files"] = shipped_file_hashes(out_dir)
     write_atomic(out_dir / "recipe.json", json.dumps(recipe, indent=1))
     return recipe
+
+
+def machine_name(device: str = "cpu") -> str:
+    """What a phase's seconds were measured on: the GPU, or the CPU's model, the kernels torch runs and the threads."""
+    if str(device).startswith("cuda"):
+        return torch.cuda.get_device_name(device)
+    cpuinfo = Path("/proc/cpuinfo")
+    names = [line.split(":", 1)[1].strip() for line in (cpuinfo.read_text().splitlines() if cpuinfo.is_file() else [])
+             if line.startswith("model name")]
+    cpu = names[0] if names else (platform.processor() or "CPU")
+    return f"{cpu} on {torch.backends.cpu.get_cpu_capability()} kernels, {torch.get_num_threads()} CPU threads"
 
 
 def drill_share(cfg: Stage0Config, busy: list) -> tuple:
