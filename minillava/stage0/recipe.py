@@ -281,6 +281,7 @@ def add_lm_phase(out_dir: str | Path, cfg: Stage0Config, log=print, device: str 
         raise ValueError(f"{out_dir}: recipe {recipe['config_hash']} is not this config without its {last} phase")
     scenes, held_out = recipe_scenes(cfg)
     tokenizer = AutoTokenizer.from_pretrained(out_dir / "lm")
+    words = len(tokenizer)
     lm = LlamaForCausalLM.from_pretrained(out_dir / "lm", dtype=torch.float32).to(device)
     t = time.perf_counter()
     if last == "focus":
@@ -293,7 +294,8 @@ def add_lm_phase(out_dir: str | Path, cfg: Stage0Config, log=print, device: str 
     recipe.update(text_qa_report(cfg, lm, tokenizer, held_out))
     recipe.update(config=dataclasses.asdict(cfg), config_hash=cfg.hash())
     lm.to(torch.bfloat16).save_pretrained(out_dir / "lm")
-    tokenizer.save_pretrained(out_dir / "lm")
+    if len(tokenizer) != words:  # the phase added cell words; otherwise the saved tokenizer stays as the recipe wrote it
+        tokenizer.save_pretrained(out_dir / "lm")
     recipe["files"] = shipped_file_hashes(out_dir)
     write_atomic(out_dir / "recipe.json", json.dumps(recipe, indent=1))
     return recipe
