@@ -26,14 +26,14 @@ def relation_rows(held):
 
 
 @torch.no_grad()
-def relation_accuracy(lm, tok, rows):
+def relation_accuracy(lm, tok, rows, max_new_tokens=24):
     """({"line"|"diag": (accuracy, n)}, overall accuracy, Counter of (key, answer) for the wrong ones)."""
     t = get_template("vicuna_v1"); by = Counter(); n = Counter(); wrong = Counter()
     was_training = lm.training; lm.eval()
     for i in range(0, len(rows), 64):
         ch = rows[i:i+64]
         ids, mask = left_pad([prompt_ids(f"{inw(r, l)}\n{qa.question}", tok, t, image_tokens=1) for r, l, qa in ch], tok.pad_token_id)
-        o = lm.generate(input_ids=ids, attention_mask=mask, max_new_tokens=24, do_sample=False, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+        o = lm.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
         for (r, l, qa), seq in zip(ch, o[:, ids.shape[1]:]):
             txt = tok.decode(seq, skip_special_tokens=True); ok = answer_is_correct(qa, txt)
             k = "diag" if " and " in qa.key else "line"

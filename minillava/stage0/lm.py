@@ -177,11 +177,12 @@ def focus_chat_lm(cfg, lm, scenes, tokenizer, held_out=None, log=print) -> Llama
 
 @torch.no_grad()
 def text_qa_accuracy(lm, tokenizer, scenes, max_questions: int = 600, in_words=None,
-                     answers: list | None = None) -> dict:
+                     answers: list | None = None, max_new_tokens: int = 24) -> dict:
     """Exact-match accuracy per question kind when the scene is given in words, and the majority baseline.
 
     ``in_words(record, layout)`` writes the scene (default: the sentence of ``scene_in_words``). ``answers``, if
-    given, receives one row per question in the form ``eval.accuracy.answer_habits`` reads."""
+    given, receives one row per question in the form ``eval.accuracy.answer_habits`` reads. A worked answer
+    (its lookups first) needs ``max_new_tokens`` of about 48."""
     in_words = in_words or (lambda record, layout: scene_in_words(record))
     template = get_template("vicuna_v1")
     lm.eval()
@@ -199,7 +200,7 @@ def text_qa_accuracy(lm, tokenizer, scenes, max_questions: int = 600, in_words=N
                    for scene, qa in chunk]
         ids, mask = left_pad(prompts, tokenizer.pad_token_id)  # (B, L): every prompt ends where generation starts
         length = ids.shape[1]
-        out = lm.generate(input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device), max_new_tokens=24,
+        out = lm.generate(input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device), max_new_tokens=max_new_tokens,
                           do_sample=False, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
         for (_, qa), seq in zip(chunk, out[:, length:]):
             text = tokenizer.decode(seq, skip_special_tokens=True)
