@@ -53,8 +53,9 @@ class Config:
     # rule teacher: the chance that "What is at the {position}?" asks of an occupied cell, not a random one (most are
     # empty, so 0 rewards "nothing"); the held-out questions always ask of a random one (``data.teachers``)
     teacher_occupied: float = 0.0
-    # rule teacher: relations answered with the two objects' cells first, then the relation (a worked answer)
-    teacher_worked_relations: bool = False
+    # rule teacher: relations answered with the two objects' cells first, then the relation (a worked answer, as the
+    # stand-in chat LM learned them in stage 0); false: the relation alone
+    teacher_worked_relations: bool = True
     # rule teacher: "What is at the {position}?" answered with every object's cell first, then what is there
     teacher_worked_what_at: bool = False
     # rule teacher: a conversation sample asks 2 to this many of the scene's questions (LLaVA's conversations are

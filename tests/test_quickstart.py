@@ -74,8 +74,8 @@ def test_rerun_reuses_data(quick_run, capsys):
                  log=print)
     assert "scenes" not in (said := capsys.readouterr().out) and "instruct_train_occupied0.5.json" in said
     prepare_data(load_config("tiny", {"data_dir": str(out / "data"), "data_images": 60,
-                                      "teacher_worked_relations": True}), log=print)
-    assert "instruct_train_worked.json" in capsys.readouterr().out
+                                      "teacher_worked_relations": False}), log=print)
+    assert "instruct_train_plain.json" in capsys.readouterr().out
     prepare_data(load_config("tiny", {"data_dir": str(out / "data"), "data_images": 60,
                                       "teacher_worked_what_at": True}), log=print)
     assert "instruct_train_workedat.json" in capsys.readouterr().out

@@ -4,6 +4,8 @@ import dataclasses
 import functools
 import json
 import random
+import re
+from collections import Counter
 
 import pytest
 import torch
@@ -17,7 +19,8 @@ from minillava.data.shapes import POSITIONS, generate_split
 
 def test_recipe_runs_a_few_steps_and_saves_loadable_backbones(tmp_path):
     cfg = Stage0Config(scenes=200, clip_steps=3, clip_batch=16, lm_steps=3, lm_batch=4, lm_focus_steps=0,
-                       lm_cells_steps=0, lm_drill_steps=0, lm_review_steps=0, lm_binding_steps=0)
+                       lm_cells_steps=0, lm_drill_steps=0, lm_review_steps=0, lm_binding_steps=0,
+                       lm_relations_steps=0)
     recipe = run_stage0(tmp_path, cfg, log=lambda s: None)
     assert recipe["config_hash"] == cfg.hash() and set(recipe["probes"]) >= {"color", "shape", "size", "occupied"}
     vision, processor = load_vision(str(tmp_path / "vision"))
@@ -52,21 +55,25 @@ def test_later_lm_phases_run_and_adding_them_one_by_one_equals_a_run_from_scratc
         monkeypatch.setattr(module, "text_qa_accuracy", fewer_questions)
     cfg = Stage0Config(scenes=200, clip_steps=2, clip_batch=8, lm_steps=2, lm_batch=4, lm_focus_steps=2,
                        lm_focus_batch=4, lm_cells_steps=2, lm_cells_batch=4, lm_drill_steps=0, lm_review_steps=2,
-                       lm_review_batch=4, lm_binding_steps=2, lm_binding_batch=4)
-    no_review = dataclasses.replace(cfg, lm_review_steps=0)  # the review runs last (lm_review_after_binding)
+                       lm_review_batch=4, lm_binding_steps=2, lm_binding_batch=4, lm_relations_steps=2,
+                       lm_relations_batch=4)
+    no_relations = dataclasses.replace(cfg, lm_relations_steps=0)  # worked relations run last
+    no_review = dataclasses.replace(no_relations, lm_review_steps=0)  # the review before them (after binding)
     no_binding = dataclasses.replace(no_review, lm_binding_steps=0)
     no_cells = dataclasses.replace(no_binding, lm_cells_steps=0)
     phase1 = dataclasses.replace(no_cells, lm_focus_steps=0)
-    assert len({cfg.hash(), no_review.hash(), no_binding.hash(), no_cells.hash(), phase1.hash()}) == 5
-    assert lm_phases(cfg) == ["focus", "cells", "binding", "review"]
-    assert lm_phases(dataclasses.replace(cfg, lm_review_after_binding=False)) == ["focus", "cells", "review", "binding"]
+    assert len({cfg.hash(), no_relations.hash(), no_review.hash(), no_binding.hash(), no_cells.hash(),
+                phase1.hash()}) == 6
+    assert lm_phases(cfg) == ["focus", "cells", "binding", "review", "relations"]
+    assert lm_phases(dataclasses.replace(cfg, lm_review_after_binding=False)) == \
+        ["focus", "cells", "review", "binding", "relations"]
     recipe = run_stage0(tmp_path / "scratch", cfg, log=lambda s: None)
     assert set(recipe["text_qa_phase1"]) == set(recipe["text_qa"]) == set(recipe["text_qa_cells"])
-    assert min(recipe["seconds"][f"lm_{phase}"] for phase in ("focus", "cells", "review", "binding")) > 0
+    assert min(recipe["seconds"][f"lm_{phase}"] for phase in ("focus", "cells", "review", "binding", "relations")) > 0
     # the shortcut the shipped LM took: phase 1 saved (bf16), then each later phase alone — same weight files
     run_stage0(tmp_path / "steps", phase1, log=lambda s: None)
-    with pytest.raises(ValueError, match="without its review phase"):
-        add_lm_phase(tmp_path / "steps", cfg, log=lambda s: None)  # the focus, cells and binding phases come first
+    with pytest.raises(ValueError, match="without its relations phase"):
+        add_lm_phase(tmp_path / "steps", cfg, log=lambda s: None)  # the focus, cells, binding, review come first
     assert add_lm_phase(tmp_path / "steps", no_cells, log=lambda s: None)["config_hash"] == no_cells.hash()
     lm, tokenizer = load_lm(str(tmp_path / "steps" / "lm"))  # where each new cell word starts
     add_cell_words(lm, tokenizer, where=True)
@@ -79,9 +86,10 @@ def test_later_lm_phases_run_and_adding_them_one_by_one_equals_a_run_from_scratc
         assert torch.allclose(table[tokenizer.convert_tokens_to_ids(word)], mean(what) + mean(where))
     assert add_lm_phase(tmp_path / "steps", no_binding, log=lambda s: None)["config_hash"] == no_binding.hash()
     assert add_lm_phase(tmp_path / "steps", no_review, log=lambda s: None)["config_hash"] == no_review.hash()
+    assert add_lm_phase(tmp_path / "steps", no_relations, log=lambda s: None)["config_hash"] == no_relations.hash()
     continued = add_lm_phase(tmp_path / "steps", cfg, log=lambda s: None)
     assert continued["config_hash"] == cfg.hash() and continued["files"] == recipe["files"]
-    assert set(continued["machines"]) == {"lm_focus", "lm_cells", "lm_binding", "lm_review"}
+    assert set(continued["machines"]) == {"lm_focus", "lm_cells", "lm_binding", "lm_review", "lm_relations"}
     lm, tokenizer = load_lm(str(tmp_path / "steps" / "lm"))
     assert lm.get_input_embeddings().weight.shape[0] == len(tokenizer)
     assert tokenizer.convert_tokens_to_ids(cell_words(cfg.lm_cells_where)[-1]) != tokenizer.unk_token_id
@@ -108,7 +116,8 @@ def test_the_lookup_drills_come_first_ask_one_question_on_busy_scenes_and_stay_i
 
     cfg = Stage0Config(scenes=200, clip_steps=2, clip_batch=8, lm_steps=0, lm_focus_steps=0, lm_cells_steps=2,
                        lm_cells_batch=4, lm_drill_steps=2, lm_drill_position_steps=1, lm_drill_relation_steps=1,
-                       lm_drill_batch=4, lm_drill_in_cells=0.5, lm_review_steps=0, lm_binding_steps=0)
+                       lm_drill_batch=4, lm_drill_in_cells=0.5, lm_review_steps=0, lm_binding_steps=0,
+                       lm_relations_steps=0)
     busy = drill_scenes(cfg)
     assert len(busy) == cfg.scenes and all(3 <= len(layout) <= 6 for _, layout in busy)
     record, layout = busy[0]
@@ -183,6 +192,39 @@ def test_the_review_asks_what_is_in_an_occupied_cell_as_often_as_in_an_empty_one
                  for turn in review_sample(record, layout, rng)["conversations"][::2]]
     weak = sum("What is at" in q or "relative to" in q for q in questions) / len(questions)
     assert weak > 0.35 and weak > (REVIEW_FORMS["what_at"] + REVIEW_FORMS["relation"]) / sum(REVIEW_FORMS.values()) - 0.1
+
+
+def test_worked_relations_name_both_cells_before_the_relation_in_the_phase_and_in_its_mix():
+    from minillava.data.teachers import conclusion, position, relation
+    from minillava.stage0 import relation_sample
+    from minillava.stage0.vocab import cell_words_sample
+    scenes = generate_split(300, "train", seed=3)
+    busy = [(record, layout) for record, layout, _ in scenes if len(layout) >= 2]
+    rng = random.Random(0)
+    pairs = Counter()
+    for _ in range(200):
+        sample = relation_sample(busy, rng)
+        turns = [turn["value"] for turn in sample["conversations"]]
+        assert "template" not in sample and 2 <= len(turns) <= 4
+        record, layout = next((r, lay) for r, lay in busy if f"relation_{r.image_id}" == sample["id"])
+        assert turns[0].startswith(scene_in_cell_words(layout, where=True) + "\n")
+        for question, answer in zip(turns[::2], turns[1::2]):
+            first, second = (next(o for o in record.objects if f"{o.color} {o.category}" == named)
+                             for named in re.match(r".*Where is the (\w+ \w+) relative to the (\w+ \w+)\?$",
+                                                   question, re.S).groups())
+            # the lookups first, each object's cell, then the comparison
+            assert answer.startswith(f"The {first.color} {first.category} is at the {position(first, record)} and "
+                                     f"the {second.color} {second.category} is at the {position(second, record)}, so")
+            assert conclusion(answer) == f"the {first.color} {first.category} is {relation(first, second, record)} " \
+                                         f"the {second.color} {second.category}."
+            pairs[" and " in relation(first, second, record)] += 1
+    assert min(pairs.values()) > 0.35 * sum(pairs.values())  # one row or column about as often as diagonal
+    # the phase-3 dialogues in its mix answer relations the worked way too, never the plain one
+    answers = [turn["value"] for record, layout, _ in scenes for turn in
+               cell_words_sample(record, layout, rng, True, worked=True)["conversations"][1::2]]
+    relations = [a for a in answers if " relative to " not in a and re.match(r"The \w+ \w+ is (above|below|to the)", a)]
+    worked = [a for a in answers if re.search(r" is at the .* and the .* is at the .*, so ", a)]
+    assert worked and not relations
 
 
 @pytest.mark.parametrize("where", [False, True])
@@ -274,22 +316,22 @@ def test_a_config_that_leaves_a_later_addition_off_hashes_as_the_recipe_version_
 
     def version1_hash(cfg):  # the hash before any of the additions existed: the fields of version 1 only
         additions = ("lm_focus_", "lm_cells_", "lm_share_prefix", "bpe_template_weight", "lm_drill_",
-                     "clip_fixed_position", "lm_review_", "lm_binding_")  # lm_review_ covers version 13's switch
+                     "clip_fixed_position", "lm_review_", "lm_binding_", "lm_relations_")  # lm_review_: version 13 too
         fields = {k: v for k, v in dataclasses.asdict(cfg).items() if not k.startswith(additions)}
         return hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
     phase1 = Stage0Config(lm_focus_steps=0, lm_cells_steps=0, lm_focus_lr=1.0, lm_cells_where=True, lm_drill_steps=0,
                           lm_cells_color=False, lm_share_prefix=False, bpe_template_weight=0, clip_fixed_position=0.0,
-                          lm_review_steps=0, lm_binding_steps=0)
+                          lm_review_steps=0, lm_binding_steps=0, lm_relations_steps=0)
     assert phase1.recipe_version() == 1 and phase1.hash() == version1_hash(phase1)
     # version 4: cell words that name their cell; each later addition switched on alone is its own version
     base = Stage0Config(lm_cells_color=False, lm_share_prefix=False, bpe_template_weight=0, lm_drill_steps=0,
-                        clip_fixed_position=0.0, lm_review_steps=0, lm_binding_steps=0)
+                        clip_fixed_position=0.0, lm_review_steps=0, lm_binding_steps=0, lm_relations_steps=0)
     assert base.recipe_version() == 4
     for version, switch in [(5, {"lm_cells_color": True}), (6, {"lm_share_prefix": True}),  # 6: other rounding
                             (7, {"bpe_template_weight": 1}), (8, {"lm_drill_steps": 100}),
                             (10, {"clip_fixed_position": 2.0}),
                             (11, {"lm_review_steps": 100, "lm_review_after_binding": False}),
-                            (12, {"lm_binding_steps": 100})]:
+                            (12, {"lm_binding_steps": 100}), (14, {"lm_relations_steps": 100})]:
         cfg = dataclasses.replace(base, **switch)
         assert cfg.recipe_version() == version and cfg.hash() != base.hash(), switch
     drilled = dataclasses.replace(base, lm_drill_steps=100)

@@ -287,7 +287,7 @@ def reasoning_question(record: ImageRecord, rng: random.Random) -> QA:
 
 
 def rule_instructions(record: ImageRecord, response_type: str, rng: random.Random, max_turns: int = MAX_TURNS,
-                      occupied: float = 0.0, worked: bool = False, binding_first: bool = False,
+                      occupied: float = 0.0, worked: bool = True, binding_first: bool = False,
                       worked_what_at: bool = False) -> list[tuple[str, str]]:
     """(question, answer) turns of one sample of ``response_type`` for ``record`` (``occupied``, ``worked``,
     ``worked_what_at``: ``scene_questions``). ``binding_first``: a conversation asks the questions that
@@ -313,19 +313,19 @@ def teacher_options(cfg) -> dict:
             "worked_what_at": cfg.teacher_worked_what_at}
 
 
-def instructions_file(data_dir, split: str, *, occupied: float = 0.0, worked: bool = False,
+def instructions_file(data_dir, split: str, *, occupied: float = 0.0, worked: bool = True,
                       max_turns: int = MAX_TURNS, binding_first: bool = False, worked_what_at: bool = False) -> Path:
     """Where the quickstart keeps the rule teacher's instructions for ``split``: ``instruct_{split}.json``, or made
     with other settings (``rule_instructions``) a file of their own, so data made one way is never read as
     another's."""
-    variant = (f"_occupied{occupied:g}" if occupied else "") + ("_worked" if worked else "") + \
+    variant = (f"_occupied{occupied:g}" if occupied else "") + ("" if worked else "_plain") + \
         (f"_turns{max_turns}" if max_turns != MAX_TURNS else "") + ("_binding" if binding_first else "") + \
         ("_workedat" if worked_what_at else "")
     return Path(data_dir) / f"instruct_{split}{variant}.json"
 
 
 def generate_rule_instructions(records: list[ImageRecord], types=("conv", "detail", "complex"),
-                               seed: int = 0, occupied: float = 0.0, worked: bool = False,
+                               seed: int = 0, occupied: float = 0.0, worked: bool = True,
                                max_turns: int = MAX_TURNS, binding_first: bool = False,
                                worked_what_at: bool = False) -> list[dict]:
     """LLaVA-format samples, one per (image, type); deterministic per seed and per image (the teacher's settings:

@@ -34,12 +34,13 @@ def scene_in_words(record) -> str:
     return f"Scene: {record.captions[1]}"
 
 
-def text_sample(record, rng: random.Random, scene: str | None = None) -> dict:
-    """A text-only dialogue about a scene given in words, in the stage-2 template (the image is a sentence)."""
+def text_sample(record, rng: random.Random, scene: str | None = None, worked: bool = False) -> dict:
+    """A text-only dialogue about a scene given in words, in the stage-2 template (the image is a sentence);
+    ``worked``: relations answered with both cells first (``data.teachers.relation_answer``)."""
     scene = scene or scene_in_words(record)
     kind = rng.random()
     if kind < 0.6:
-        qas = scene_questions(record, rng)
+        qas = scene_questions(record, rng, worked=worked)
         turns = [(q.question, q.answer) for q in qas[:rng.randint(2, min(5, len(qas)))]]
     elif kind < 0.75:
         turns = [(rng.choice(DETAIL_PROMPTS), describe_scene(record))]
@@ -138,12 +139,14 @@ def train_chat_lm(cfg, scenes, tokenizer, log=print, lm=None) -> LlamaForCausalL
 FOCUS_KINDS = ("exists", "size", "relation", "position")
 
 
-def focus_sample(record, rng: random.Random, scene: str | None = None, kinds=FOCUS_KINDS) -> dict:
-    """A short text-only dialogue (1–3 turns) that asks mostly about ``kinds``; the scene is in words.
+def focus_sample(record, rng: random.Random, scene: str | None = None, kinds=FOCUS_KINDS,
+                 worked: bool = False) -> dict:
+    """A short text-only dialogue (1–3 turns) that asks mostly about ``kinds``; the scene is in words (``worked``:
+    ``text_sample``).
 
     "No" exists-questions name an absent pair that shares its colour or its shape with an object in the scene,
     so matching one word is not enough (the teacher's random absent pair usually shares neither)."""
-    qas = scene_questions(record, rng)
+    qas = scene_questions(record, rng, worked=worked)
     focus = [q for q in qas if q.kind in kinds]
     present = {f"{o.color} {o.category}" for o in record.objects}
     near = [f"{c} {s}" for c in COLORS for s in SHAPES if f"{c} {s}" not in present
@@ -177,12 +180,12 @@ def focus_chat_lm(cfg, lm, scenes, tokenizer, held_out=None, log=print) -> Llama
 
 @torch.no_grad()
 def text_qa_accuracy(lm, tokenizer, scenes, max_questions: int = 600, in_words=None,
-                     answers: list | None = None, max_new_tokens: int = 24) -> dict:
+                     answers: list | None = None, max_new_tokens: int = 48) -> dict:
     """Exact-match accuracy per question kind when the scene is given in words, and the majority baseline.
 
     ``in_words(record, layout)`` writes the scene (default: the sentence of ``scene_in_words``). ``answers``, if
-    given, receives one row per question in the form ``eval.accuracy.answer_habits`` reads. A worked answer
-    (its lookups first) needs ``max_new_tokens`` of about 48."""
+    given, receives one row per question in the form ``eval.accuracy.answer_habits`` reads. ``max_new_tokens``
+    leaves room for a worked relation answer (both cells, then the relation: up to 33 tokens)."""
     in_words = in_words or (lambda record, layout: scene_in_words(record))
     template = get_template("vicuna_v1")
     lm.eval()

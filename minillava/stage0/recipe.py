@@ -3,8 +3,8 @@
 Stage 0 exists only for the tiny preset. LLaVA starts from released checkpoints (CLIP ViT-L/14 and Vicuna, §4.1);
 offline on a CPU we have neither, so ``run_stage0`` trains stand-ins on the embedded scenes: a byte-level BPE
 tokenizer on their text, the tiny CLIP (``tower``), then the chat LM: the lookup drills (``drill``), phases 1–3
-(``lm``, ``vocab``; the shipped recipe skips 1 and 2), binding (``binding``) and the review (``review``), which the
-shipped recipe runs last.
+(``lm``, ``vocab``; the shipped recipe skips 1 and 2), binding (``binding``), the review (``review``) and, last,
+worked relations (``relations``).
 It writes both in bf16 with ``recipe.json``: the settings and their hash, the probe and text-QA checks, and the
 sha1 of every weight file. The result is shipped in ``minillava/assets/tiny``; ``minillava quickstart`` starts
 from it.
@@ -35,6 +35,7 @@ from .drill import colour_lookup_accuracy, draw_drill, drill_chat_lm, drill_scen
 from .lm import focus_chat_lm, new_chat_lm, text_qa_accuracy, train_chat_lm
 from .probes import probe_features
 from .binding import binding_chat_lm
+from .relations import relations_chat_lm
 from .review import review_chat_lm
 from .tower import CLIP_MEAN, CLIP_STD, train_clip
 from .vocab import cell_words_chat_lm, in_cell_words
@@ -88,6 +89,11 @@ class Stage0Config:
     lm_review_lr: float = 5e-4
     lm_review_mix: float = 0.3          # the share of its dialogues that are phase 3's
     lm_review_after_binding: bool = True  # False: the review comes between phase 3 and binding (version 11)
+    # worked relations (``relations``), after every other phase: relation questions answered with both cells first
+    lm_relations_steps: int = 1000      # 0 = no worked relations
+    lm_relations_batch: int = 32
+    lm_relations_lr: float = 5e-4
+    lm_relations_share: float = 0.5     # the share of its dialogues that ask relations; the rest are phase 3's
     # phase 4, binding (``binding``): questions that name an object whose shape another object shares, so only colour
     # and shape together find it
     lm_binding_steps: int = 3200        # 0 = no binding phase; 800 and 1,600 were measured too
@@ -134,13 +140,14 @@ RECIPE_VERSIONS = {
     11: ("lm_review_steps", 0, "lm_review_"),       # the review of the weakest question forms, after phase 3
     12: ("lm_binding_steps", 0, "lm_binding_"),     # phase 4: find an object by colour and shape together
     13: ("lm_review_after_binding", False, "lm_review_after_binding"),  # the review moved after binding
+    14: ("lm_relations_steps", 0, "lm_relations_"),  # worked relations, the last phase
 }
 
 
 def lm_phases(cfg: Stage0Config) -> list[str]:
     """The chat-LM phases after the drills and phase 1 that ``cfg`` switches on, in the order they run."""
-    order = ("focus", "cells", "binding", "review") if cfg.lm_review_after_binding else \
-        ("focus", "cells", "review", "binding")
+    order = ("focus", "cells", "binding", "review", "relations") if cfg.lm_review_after_binding else \
+        ("focus", "cells", "review", "binding", "relations")
     return [name for name in order if getattr(cfg, f"lm_{name}_steps")]
 
 
@@ -154,6 +161,8 @@ def train_lm_phase(name: str, cfg: Stage0Config, lm, scenes, tokenizer, held_out
         return cell_words_chat_lm(cfg, lm, scenes, tokenizer, held_out, log, also)
     if name == "review":
         return review_chat_lm(cfg, lm, scenes, tokenizer, held_out, log)
+    if name == "relations":
+        return relations_chat_lm(cfg, lm, scenes, tokenizer, held_out, log)
     return binding_chat_lm(cfg, lm, scenes, tokenizer, held_out, log)
 
 
@@ -267,8 +276,8 @@ def add_lm_phase(out_dir: str | Path, cfg: Stage0Config, log=print, device: str 
     Equal to ``run_stage0(out_dir, cfg)`` from scratch, because each phase starts from the LM before it rounded to
     bf16 — which is what the directory holds — and uses the same scenes and seeds (on the same kind of device); it
     saves the hour of retraining the tower and the earlier phases. Recipe 641b05a49ece's LM (mix first, no drills) got
-    its focus and cell-word phases this way (the latter on a GPU: ``device="cuda"``), and the shipped recipe-13 LM its
-    review after binding (``benchmarks/README.md``)."""
+    its focus and cell-word phases this way (the latter on a GPU: ``device="cuda"``), the recipe-13 LM its review
+    after binding, and the shipped recipe-14 LM its worked relations (``benchmarks/README.md``)."""
     from transformers import AutoTokenizer
     out_dir = Path(out_dir)
     recipe = json.loads((out_dir / "recipe.json").read_text())

@@ -1,5 +1,5 @@
-"""Stage 0b, the review, the chat LM's last phase: the question forms it reads weakest, asked again in the chat
-template.
+"""Stage 0b, the review, after binding (and before worked relations, ``relations``): the question forms the chat LM
+reads weakest, asked again in the chat template.
 
 After phase 3 and binding the chat LM reads colour, count and position from nine cell words but misses some forms
 more often (``recipe.json``, ``text_qa_cells``). One is a habit the teacher's question mix teaches: "What is at the
@@ -10,9 +10,10 @@ does, one or two questions a dialogue, with a share of phase 3's own dialogues s
 lr is lower than phase 3's: it adjusts a trained LM, it does not start one.
 
 Measured (``benchmarks/README.md``, "Phase 4, the review" and "The review after binding"): run between phase 3 and
-binding (recipe 11) it lifted text QA but not clearly the quickstart. Run after binding (recipe 13, shipped) text
-QA in cell words reaches 0.95 or more for every kind but relations (0.89; occupied cell named 0.60 → 0.85), and
-with stage 1's fit onto the cell words the quickstart's relations rise by 0.06–0.08 on two seeds."""
+binding (recipe 11) it lifted text QA but not clearly the quickstart. Run after binding (recipe 13) text QA in cell
+words reaches 0.95 or more for every kind but relations (0.89; occupied cell named 0.60 → 0.85), and with stage 1's
+fit onto the cell words the quickstart's relations rise by 0.06–0.08 on two seeds. Relations in text are what the
+worked-relations phase after it lifts."""
 
 from __future__ import annotations
 

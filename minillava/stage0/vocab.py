@@ -85,9 +85,11 @@ def add_cell_words(lm, tokenizer, where: bool = False) -> None:
                 table[tokenizer.convert_tokens_to_ids(cell_word(what, cell, where))] = start
 
 
-def cell_words_sample(record, layout, rng: random.Random, where: bool = False, kinds=FOCUS_KINDS) -> dict:
+def cell_words_sample(record, layout, rng: random.Random, where: bool = False, kinds=FOCUS_KINDS,
+                      worked: bool = False) -> dict:
     """Phase-3 dialogue: a phase-1 or focus dialogue about the scene in cell words, or (1 in 5) a stage-1 sample
-    in the ``plain`` template — cell words then a caption — the very task stage 1 sets the projector."""
+    in the ``plain`` template — cell words then a caption — the very task stage 1 sets the projector (``worked``:
+    relations answered with both cells first)."""
     scene = scene_in_cell_words(layout, where)
     roll = rng.random()
     if roll < 0.2:
@@ -95,8 +97,8 @@ def cell_words_sample(record, layout, rng: random.Random, where: bool = False, k
         sample["conversations"][0]["value"] = scene
         return {**sample, "template": dataclasses.replace(get_template("plain"), keep_question=True)}
     if roll < 0.6:
-        return text_sample(record, rng, scene=scene)
-    return focus_sample(record, rng, scene=scene, kinds=kinds)
+        return text_sample(record, rng, scene=scene, worked=worked)
+    return focus_sample(record, rng, scene=scene, kinds=kinds, worked=worked)
 
 
 def has_cell_words(tokenizer, where: bool = False) -> bool:
