@@ -3,7 +3,8 @@ on the shipped chat LM: a share REL of dialogues asks one or two relation questi
 words (a pair in one row or column with chance 0.5, where the scene has one), the rest are phase-3 dialogues whose
 relation answers are worked too; from the bf16 weights. Then the 749 held-out relation questions of
 relation_errors.py (the answer judged by its conclusion, up to 48 tokens) and the recipe's text QA on 1,200 questions.
-The LM is saved (bf16). Usage: python benchmarks/experiments/worked_relation_text.py THREADS OUT_DIR STEPS [REL=0.5]
+The LM is saved (bf16). Shipped as recipe 14's last phase (``stage0/relations.py``, the same draws: run on the recipe-13
+LM it gives these weights bit for bit); run now, it continues the recipe-14 LM. Usage: python benchmarks/experiments/worked_relation_text.py THREADS OUT_DIR STEPS [REL=0.5]
 [LR=5e-4]
 """
 import functools, json, random, sys, time
