@@ -23,11 +23,9 @@ import random
 import torch
 from transformers import LlamaForCausalLM
 
-from ..conversation import IMAGE_TOKEN
-from ..data.llava_json import make_sample
 from ..data.records import ImageRecord
 from ..data.teachers import QA, needs_binding, scene_questions
-from .lm import FOCUS_KINDS, fit_lm, phase_report
+from .lm import FOCUS_KINDS, fit_lm, phase_report, scene_dialogue
 from .vocab import cell_words_sample, in_cell_words, scene_in_cell_words
 
 def binding_questions(record: ImageRecord, rng: random.Random) -> list[QA]:
@@ -39,10 +37,7 @@ def binding_sample(record: ImageRecord, layout, rng: random.Random, where: bool 
     """A dialogue of one or two ``binding_questions`` about the scene in cell words, in the stage-2 template."""
     qas = binding_questions(record, rng)
     turns = [(qa.question, qa.answer) for qa in rng.sample(qas, min(len(qas), rng.randint(1, 2)))]
-    sample = make_sample(f"binding_{record.image_id}", record.file_name, turns)
-    sample["conversations"][0]["value"] = sample["conversations"][0]["value"].replace(
-        IMAGE_TOKEN, scene_in_cell_words(layout, where))
-    return sample
+    return scene_dialogue(f"binding_{record.image_id}", record, turns, scene_in_cell_words(layout, where))
 
 
 def binding_chat_lm(cfg, lm, scenes, tokenizer, held_out=None, log=print) -> LlamaForCausalLM:

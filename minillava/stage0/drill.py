@@ -21,11 +21,10 @@ import random
 import torch
 from transformers import LlamaForCausalLM
 
-from ..conversation import IMAGE_TOKEN, get_template, prompt_ids
-from ..data.llava_json import make_sample
+from ..conversation import get_template, prompt_ids
 from ..data.shapes import COLORS, Shape, generate_split
 from ..data.teachers import scene_questions
-from .lm import fit_lm, text_qa_accuracy
+from .lm import fit_lm, scene_dialogue, text_qa_accuracy
 from .vocab import add_cell_words, in_cell_words, scene_in_cell_words
 
 NO_PROMPT = dataclasses.replace(get_template("vicuna_v1"), system="")  # the Vicuna template, empty system prompt
@@ -63,10 +62,7 @@ def drill_sample(record, layout: list[Shape], rng: random.Random, kind: str = "c
         turns = [(q.question, q.answer) for q in scene_questions(record, rng) if q.kind == kind][:1]
         if not turns:
             return None
-    sample = make_sample("drill", record.file_name, turns)
-    sample["conversations"][0]["value"] = sample["conversations"][0]["value"].replace(
-        IMAGE_TOKEN, scene_in_cell_words(layout, where))
-    return {**sample, "template": NO_PROMPT}
+    return {**scene_dialogue("drill", record, turns, scene_in_cell_words(layout, where)), "template": NO_PROMPT}
 
 
 def draw_drill(scenes: list, kinds: list[str], weights: list[float], where: bool):

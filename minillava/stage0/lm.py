@@ -34,6 +34,15 @@ def scene_in_words(record) -> str:
     return f"Scene: {record.captions[1]}"
 
 
+def scene_dialogue(name: str, record, turns: list[tuple[str, str]], scene: str) -> dict:
+    """A LLaVA-format sample of ``turns`` about ``record`` whose image is given as text: ``scene`` (a sentence or the
+    nine cell words) stands where the first question's ``<image>`` would be."""
+    sample = make_sample(name, record.file_name, turns)
+    first = sample["conversations"][0]
+    first["value"] = first["value"].replace(IMAGE_TOKEN, scene)
+    return sample
+
+
 def text_sample(record, rng: random.Random, scene: str | None = None, worked: bool = False) -> dict:
     """A text-only dialogue about a scene given in words, in the stage-2 template (the image is a sentence);
     ``worked``: relations answered with both cells first (``data.teachers.relation_answer``)."""
@@ -49,10 +58,7 @@ def text_sample(record, rng: random.Random, scene: str | None = None, worked: bo
         turns = [(qa.question, qa.answer)]
     else:
         turns = [(rng.choice(BRIEF_PROMPTS), rng.choice(record.captions))]
-    sample = make_sample(f"text_{record.image_id}", record.file_name, turns)
-    first = sample["conversations"][0]
-    first["value"] = first["value"].replace(IMAGE_TOKEN, scene)
-    return sample
+    return scene_dialogue(f"text_{record.image_id}", record, turns, scene)
 
 
 def fit_lm(lm, tokenizer, draw, rng: random.Random, *, steps: int, batch: int, lr: float, warmup: float,
@@ -156,10 +162,7 @@ def focus_sample(record, rng: random.Random, scene: str | None = None, kinds=FOC
         focus.append(QA(f"Is there {a(miss)} in the image?", f"No, there is no {miss}.", "exists", "no"))
     pool = focus if focus and rng.random() < 0.75 else qas
     turns = [(q.question, q.answer) for q in rng.sample(pool, min(len(pool), rng.randint(1, 3)))]
-    sample = make_sample(f"focus_{record.image_id}", record.file_name, turns)
-    sample["conversations"][0]["value"] = sample["conversations"][0]["value"].replace(IMAGE_TOKEN,
-                                                                                      scene or scene_in_words(record))
-    return sample
+    return scene_dialogue(f"focus_{record.image_id}", record, turns, scene or scene_in_words(record))
 
 
 def focus_chat_lm(cfg, lm, scenes, tokenizer, held_out=None, log=print) -> LlamaForCausalLM:

@@ -22,10 +22,8 @@ import random
 import torch
 from transformers import LlamaForCausalLM
 
-from ..conversation import IMAGE_TOKEN
-from ..data.llava_json import make_sample
 from ..data.teachers import QA, scene_questions
-from .lm import FOCUS_KINDS, fit_lm, phase_report
+from .lm import FOCUS_KINDS, fit_lm, phase_report, scene_dialogue
 from .vocab import cell_words_sample, in_cell_words, scene_in_cell_words
 
 LINE_SHARE = 0.5  # the share of relation questions about two objects in one row or column, where a scene has both
@@ -55,10 +53,7 @@ def relation_sample(busy, rng: random.Random, where: bool = True) -> dict:
         qa = rng.choice(by_pair.get("line" if rng.random() < LINE_SHARE else "diag") or next(iter(by_pair.values())))
         if qa.question not in {q for q, _ in turns}:
             turns.append((qa.question, qa.answer))
-    sample = make_sample(f"relation_{record.image_id}", record.file_name, turns)
-    sample["conversations"][0]["value"] = sample["conversations"][0]["value"].replace(
-        IMAGE_TOKEN, scene_in_cell_words(layout, where))
-    return sample
+    return scene_dialogue(f"relation_{record.image_id}", record, turns, scene_in_cell_words(layout, where))
 
 
 def relations_chat_lm(cfg, lm, scenes, tokenizer, held_out=None, log=print) -> LlamaForCausalLM:

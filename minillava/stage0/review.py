@@ -23,11 +23,9 @@ import random
 import torch
 from transformers import LlamaForCausalLM
 
-from ..conversation import IMAGE_TOKEN
 from ..data.grid import POSITIONS
-from ..data.llava_json import make_sample
 from ..data.teachers import QA, object_at, scene_questions, what_is_at
-from .lm import FOCUS_KINDS, fit_lm, phase_report
+from .lm import FOCUS_KINDS, fit_lm, phase_report, scene_dialogue
 from .vocab import add_cell_words, cell_words_sample, has_cell_words, in_cell_words, scene_in_cell_words
 
 # the forms the review asks, and how often: "what_at" is "What is at the {position}?" with an occupied cell half
@@ -63,10 +61,7 @@ def review_sample(record, layout, rng: random.Random, where: bool = True) -> dic
     if not turns:  # a scene with none of the drawn forms (a one-object scene has no relation): ask what is at a cell
         qa = review_question(record, rng, "what_at")
         turns.append((qa.question, qa.answer))
-    sample = make_sample(f"review_{record.image_id}", record.file_name, turns)
-    sample["conversations"][0]["value"] = sample["conversations"][0]["value"].replace(
-        IMAGE_TOKEN, scene_in_cell_words(layout, where))
-    return sample
+    return scene_dialogue(f"review_{record.image_id}", record, turns, scene_in_cell_words(layout, where))
 
 
 def review_chat_lm(cfg, lm, scenes, tokenizer, held_out=None, log=print) -> LlamaForCausalLM:
