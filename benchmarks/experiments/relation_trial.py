@@ -1,17 +1,15 @@
 """Relations in text, asked more on the shipped chat LM: one or two relation questions a dialogue about a training
 scene in cell words (a pair in one row or column with chance LINE, a diagonal pair otherwise, where the scene has
 one), and a share MIX of phase-3 dialogues, from the bf16 weights, at the review's lr; then the 749 held-out relation
-questions of relation_errors.py, split by pair, and the recipe's text QA on 1,200 questions. The LM is saved (bf16).
+questions of relation_errors.py, split by pair, and the recipe's text QA on 1,200 questions. The LM is saved (bf16). It was run on the recipe-13 LM (benchmarks/README.md).
 Usage: python benchmarks/experiments/relation_trial.py THREADS OUT_DIR STEPS [LINE=0.5] [MIX=0.3] [LR=5e-4]
 """
 import functools, json, random, sys, time
 import torch
 from transformers import AutoTokenizer, LlamaForCausalLM
-from minillava.conversation import IMAGE_TOKEN
-from minillava.data.llava_json import make_sample
-from minillava.data.teachers import scene_questions
-from minillava.stage0 import FOCUS_KINDS, Stage0Config, fit_lm, in_cell_words, recipe_scenes, text_qa_accuracy
-from minillava.stage0.vocab import cell_words_sample, scene_in_cell_words
+from minillava.stage0 import (FOCUS_KINDS, Stage0Config, fit_lm, in_cell_words, recipe_scenes, relation_sample,
+                              text_qa_accuracy)
+from minillava.stage0.vocab import cell_words_sample
 from relation_errors import relation_accuracy, relation_rows
 
 torch.set_num_threads(int(sys.argv[1])); out, steps = sys.argv[2], int(sys.argv[3])
@@ -31,15 +29,6 @@ def measure(tag):
                       "text_qa": {k: v["accuracy"] for k, v in qa.items()}}), flush=True)
 
 
-def relations(record, rng):
-    qs = {}  # the teacher's relation questions of four draws, by kind of pair
-    for _ in range(4):
-        for qa in scene_questions(record, random.Random(rng.random())):
-            if qa.kind == "relation":
-                qs.setdefault("diag" if " and " in qa.key else "line", []).append(qa)
-    return qs
-
-
 busy = [(r, lay) for r, lay, _ in scenes if len(lay) >= 2]
 
 
@@ -47,21 +36,7 @@ def draw(rng):
     if rng.random() < mix:
         record, layout = rng.choice(scenes)[:2]
         return cell_words_sample(record, layout, rng, True, FOCUS_KINDS + ("color",))
-    while True:
-        record, layout = rng.choice(busy)
-        qs = relations(record, rng)
-        if qs:
-            break
-    turns = []
-    for _ in range(rng.randint(1, 2)):
-        kind = "line" if rng.random() < line else "diag"
-        qa = rng.choice(qs.get(kind) or next(iter(qs.values())))
-        if qa.question not in {q for q, _ in turns}:
-            turns.append((qa.question, qa.answer))
-    sample = make_sample(f"relation_{record.image_id}", record.file_name, turns)
-    sample["conversations"][0]["value"] = sample["conversations"][0]["value"].replace(
-        IMAGE_TOKEN, scene_in_cell_words(layout, True))
-    return sample
+    return relation_sample(busy, rng, line=line, worked=False)  # the relations answered plainly
 
 
 measure("shipped")

@@ -29,28 +29,31 @@ from .vocab import cell_words_sample, in_cell_words, scene_in_cell_words
 LINE_SHARE = 0.5  # the share of relation questions about two objects in one row or column, where a scene has both
 
 
-def relation_questions(record, rng: random.Random) -> dict[str, list[QA]]:
-    """The worked teacher's relation questions about ``record`` over four draws, by kind of pair: "line" (the two
-    objects share a row or column: one direction) and "diag" (two directions). Empty for scenes with no pair."""
+def relation_questions(record, rng: random.Random, worked: bool = True) -> dict[str, list[QA]]:
+    """The teacher's relation questions about ``record`` over four draws (``worked``: answered both cells first), by
+    kind of pair: "line" (the two objects share a row or column: one direction) and "diag" (two directions). Empty for
+    scenes with no pair."""
     by_pair = {}
     for _ in range(4):
-        for qa in scene_questions(record, random.Random(rng.random()), worked=True):
+        for qa in scene_questions(record, random.Random(rng.random()), worked=worked):
             if qa.kind == "relation":
                 by_pair.setdefault("diag" if " and " in qa.key else "line", []).append(qa)
     return by_pair
 
 
-def relation_sample(busy, rng: random.Random, where: bool = True) -> dict:
-    """A dialogue of one or two worked relation questions about a scene of ``busy`` (record, layout) pairs with two
-    or more objects, in cell words, in the stage-2 template with its system prompt."""
+def relation_sample(busy, rng: random.Random, where: bool = True, line: float = LINE_SHARE,
+                    worked: bool = True) -> dict:
+    """A dialogue of one or two relation questions (``worked``: ``relation_questions``) about a scene of ``busy``
+    (record, layout) pairs with two or more objects, a pair in one row or column with chance ``line``, in cell words,
+    in the stage-2 template with its system prompt."""
     while True:  # a scene whose objects are all alike in colour and shape has no uniquely named pair
         record, layout = rng.choice(busy)
-        by_pair = relation_questions(record, rng)
+        by_pair = relation_questions(record, rng, worked)
         if by_pair:
             break
     turns = []
     for _ in range(rng.randint(1, 2)):
-        qa = rng.choice(by_pair.get("line" if rng.random() < LINE_SHARE else "diag") or next(iter(by_pair.values())))
+        qa = rng.choice(by_pair.get("line" if rng.random() < line else "diag") or next(iter(by_pair.values())))
         if qa.question not in {q for q, _ in turns}:
             turns.append((qa.question, qa.answer))
     return scene_dialogue(f"relation_{record.image_id}", record, turns, scene_in_cell_words(layout, where))
